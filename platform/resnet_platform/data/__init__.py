@@ -1,0 +1,1 @@
+"""ImageNet folders -> Parquet shards -> Ray Data streams of uint8 batches."""
