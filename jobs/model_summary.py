@@ -9,7 +9,9 @@ from resnet_platform.models.summary import format_table
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--archs", default="", help="comma-separated names (default: all but cifar 1202)")
     parser.add_argument("--stride", default="v1", choices=["v1", "v1.5"], help="bottleneck stride placement")
     args = parser.parse_args(argv)

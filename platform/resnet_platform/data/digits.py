@@ -25,7 +25,9 @@ class DigitsLayout:
     val_images: int
 
 
-def write_digits_imagenet(root: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> DigitsLayout:
+def write_digits_imagenet(
+    root: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0
+) -> DigitsLayout:
     """Write the digits as RGB JPEGs of ``size`` pixels; a seeded split keeps reruns identical."""
     from sklearn.datasets import load_digits
 

@@ -98,7 +98,9 @@ def build_model(
     if stride not in STRIDE_PLACEMENTS:
         raise ValueError(f"unknown stride placement {stride!r}; valid: {', '.join(STRIDE_PLACEMENTS)}")
     if not spec.residual and shortcut is not None:
-        raise ValueError(f"{arch} is a plain network: it has no shortcuts, so shortcut={shortcut!r} is impossible")
+        raise ValueError(
+            f"{arch} is a plain network: it has no shortcuts, so shortcut={shortcut!r} is impossible"
+        )
     if not spec.residual and zero_init_residual:
         raise ValueError(f"{arch} is a plain network: zero_init_residual needs residual branches")
     num_classes = spec.default_num_classes if num_classes is None else num_classes
@@ -117,7 +119,9 @@ def build_model(
         )
     block, layers = IMAGENET_STAGES[spec.depth]
     if stride == "v1" and block is BasicBlock:
-        raise ValueError(f"{arch} has basic blocks (no 1x1 convolution): stride placement 'v1' does not apply")
+        raise ValueError(
+            f"{arch} has basic blocks (no 1x1 convolution): stride placement 'v1' does not apply"
+        )
     return ResNet(
         block,
         layers,
