@@ -1,0 +1,33 @@
+"""Train a ResNet on sharded ImageNet with Ray Train DDP.
+
+    python jobs/train_imagenet.py --data DATA_URI --arch resnet50          # local Ray
+    ray job submit --address http://head:8265 --working-dir . -- \\
+        python jobs/train_imagenet.py --data s3://bucket/imagenet --num-workers 16 --use-gpu ...
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
+
+from resnet_platform.train.cli import build_parser, config_from_args
+from resnet_platform.train.main import train_and_track
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    outcome = train_and_track(config, track=not args.no_mlflow)
+    print(outcome.report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

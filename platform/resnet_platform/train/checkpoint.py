@@ -1,0 +1,98 @@
+"""Everything a run needs to continue exactly: model, optimizer, schedule, scaler, position, RNGs.
+
+Written by rank 0 into a directory that ``ray.train.report`` uploads to the run's storage.
+Loaded with ``weights_only=True``: RNG states are stored as tensors and plain lists so a
+checkpoint never needs to unpickle arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "state.pt"
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+def capture_rng() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+@dataclass
+class TrainingState:
+    """Position in the run; ``epoch`` is the number of epochs completed."""
+
+    epoch: int = 0
+    step: int = 0
+    best_val_top1_error: float = float("inf")
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule,
+    scaler: torch.amp.GradScaler | None,
+    state: TrainingState,
+    config: dict[str, Any],
+    model_config: dict[str, Any],
+) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": state.epoch,
+            "step": state.step,
+            "best_val_top1_error": state.best_val_top1_error,
+            "history": state.history,
+            "rng": capture_rng(),
+            "config": json.dumps(config, default=str),
+        },
+        directory / STATE_FILE,
+    )
+    (directory / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2))
+    return directory
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(Path(directory) / STATE_FILE, map_location=map_location, weights_only=True)
+
+
+def load_model_config(directory: str | Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / MODEL_CONFIG_FILE).read_text())

@@ -1,0 +1,310 @@
+"""The per-worker training loop: ordinary PyTorch plus Ray Train's prepare/shard/report.
+
+Reads top to bottom like torchvision's reference ``train.py``: build, restore, then for each
+epoch train, validate exactly, step the schedule, report (with a checkpoint every N epochs).
+Batches arrive as uint8 HWC from Ray Data; normalization happens here, on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from resnet_platform.models import build_model
+
+from .checkpoint import TrainingState, load_checkpoint, restore_rng, save_checkpoint
+from .config import TrainConfig
+from .metrics import all_reduce_max, all_reduce_sum, topk_correct
+from .optim import EpochSchedule, build_optimizer
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def model_config_of(config: TrainConfig) -> dict:
+    """What ``build_model`` needs to rebuild the network (stored with every checkpoint)."""
+    options = {"stride": config.stride, "zero_init_residual": config.zero_init_residual}
+    if config.shortcut is not None:
+        options["shortcut"] = config.shortcut
+    return {"arch": config.arch, "num_classes": config.num_classes, "options": options}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, fp16 on request, never on CPU (slower there, not faster)."""
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+class Normalizer(nn.Module):
+    """uint8 NHWC -> float NCHW normalized, channels_last in memory when asked.
+
+    ``permute`` of an NHWC tensor already has channels_last strides; ``contiguous`` with that
+    format makes them exact (DDP warns about mismatched grad strides otherwise).
+    """
+
+    def __init__(self, device: torch.device, channels_last: bool) -> None:
+        super().__init__()
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+        self.format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float()
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.format)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    top1_error: float
+    top5_error: float
+    images: int
+    seconds: float
+    data_wait_s: float
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def maybe_inject_fault(config: TrainConfig, rank: int, epoch: int, step_in_epoch: int) -> None:
+    fault = config.fault
+    if fault is None or fault.rank != rank or fault.epoch != epoch or fault.step != step_in_epoch:
+        return
+    if fault.marker:
+        if Path(fault.marker).exists():
+            return
+        Path(fault.marker).write_text(f"fault fired at epoch {epoch} step {step_in_epoch}\n")
+    log.warning("fault injection: %s at epoch %d step %d on rank %d", fault.kind, epoch, step_in_epoch, rank)
+    if fault.kind == "exit":
+        os._exit(1)
+    raise RuntimeError(f"injected fault at epoch {epoch} step {step_in_epoch}")
+
+
+def train_one_epoch(model, batches, criterion, optimizer, scaler, amp_dtype, normalize, device, config, ctx):
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = [0, 0]
+    images = 0
+    wait = 0.0
+    start = tick = time.perf_counter()
+    for step_in_epoch, batch in enumerate(batches):
+        wait += time.perf_counter() - tick
+        maybe_inject_fault(config, ctx.rank, ctx.state.epoch, step_in_epoch)
+        x, y = normalize(batch["image"]), batch["label"]
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = y.shape[0]
+        images += n
+        loss_sum += loss.detach().double() * n
+        c1, c5 = topk_correct(logits.detach(), y)
+        correct[0] += c1
+        correct[1] += c5
+        ctx.state.step += 1
+        if ctx.logger is not None and ctx.state.step % config.log_every_steps == 0:
+            elapsed = time.perf_counter() - start
+            ctx.logger.log_step(
+                {
+                    "train_loss": float(loss),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "images_per_s_worker": images / elapsed,
+                },
+                step=ctx.state.step,
+            )
+        tick = time.perf_counter()
+    seconds = time.perf_counter() - start
+    total, loss_total, c1, c5 = all_reduce_sum([images, float(loss_sum), correct[0], correct[1]], device)
+    total = max(total, 1)
+    return EpochStats(loss_total / total, 1 - c1 / total, 1 - c5 / total, int(total), seconds, wait)
+
+
+@torch.no_grad()
+def evaluate(model, batches, criterion, amp_dtype, normalize, device) -> EpochStats:
+    """Every validation image counted once: per-worker sums, all-reduced (no padding, no drops).
+
+    Ten-crop batches (N, 10, H, W, 3) average the softmax over the crops, as the paper does.
+    """
+    net = unwrap(model).eval()
+    loss_sum, correct, images, wait = 0.0, [0, 0], 0, 0.0
+    start = tick = time.perf_counter()
+    for batch in batches:
+        wait += time.perf_counter() - tick
+        images_u8, y = batch["image"], batch["label"]
+        crops = images_u8.shape[1] if images_u8.ndim == 5 else 1
+        x = normalize(images_u8.reshape(-1, *images_u8.shape[-3:]))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = net(x).float()
+        if crops > 1:
+            probs = logits.softmax(dim=1).view(-1, crops, logits.shape[1]).mean(dim=1)
+            logits = probs.log()
+        loss_sum += float(criterion(logits, y)) * y.shape[0]
+        c1, c5 = topk_correct(logits, y)
+        correct[0] += c1
+        correct[1] += c5
+        images += y.shape[0]
+        tick = time.perf_counter()
+    seconds = time.perf_counter() - start
+    total, loss_total, c1, c5 = all_reduce_sum([images, loss_sum, correct[0], correct[1]], device)
+    total_safe = max(total, 1)
+    return EpochStats(
+        loss_total / total_safe, 1 - c1 / total_safe, 1 - c5 / total_safe, int(total), seconds, wait
+    )
+
+
+@dataclass
+class WorkerContext:
+    rank: int
+    world: int
+    state: TrainingState
+    logger: object | None
+
+
+def _open_logger(config: TrainConfig, rank: int):
+    if rank != 0 or not config.mlflow_run_id:
+        return None
+    from resnet_platform.tracking.worker_logger import RunLogger
+
+    return RunLogger(config.tracking_uri, config.mlflow_run_id)
+
+
+def train_loop_per_worker(config_dict: dict) -> None:
+    config = TrainConfig.from_dict(config_dict)
+    train_ctx = ray.train.get_context()
+    rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if config.seed is not None:
+        seed_everything(config.seed + rank)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    model = build_model(config.arch, config.num_classes, **model_config_of(config)["options"])
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = build_optimizer(model, config)
+    schedule = EpochSchedule(optimizer, config)
+    amp_dtype = resolve_amp(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    normalize = Normalizer(device, config.channels_last)
+    forward_model = torch.compile(model) if config.compile else model
+
+    state = TrainingState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            saved = load_checkpoint(directory, map_location=device)
+        unwrap(model).load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        if scaler is not None and saved["scaler"] is not None:
+            scaler.load_state_dict(saved["scaler"])
+        state = TrainingState(
+            saved["epoch"], saved["step"], saved["best_val_top1_error"], list(saved["history"])
+        )
+        if rank == 0:
+            restore_rng(saved["rng"])
+        elif config.seed is not None:
+            seed_everything(config.seed + rank + 1000 * state.epoch)
+        log.info("rank %d resumed after epoch %d (step %d)", rank, state.epoch, state.step)
+
+    ctx = WorkerContext(rank, world, state, _open_logger(config, rank))
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+
+    for epoch in range(state.epoch, config.epochs):
+        shuffle_seed = None if config.seed is None else config.seed * 1000 + epoch
+        batches = train_shard.iter_torch_batches(
+            batch_size=config.per_worker_batch,
+            dtypes={"image": torch.uint8, "label": torch.int64},
+            local_shuffle_buffer_size=config.shuffle_buffer or None,
+            local_shuffle_seed=shuffle_seed,
+        )
+        train = train_one_epoch(
+            forward_model, batches, criterion, optimizer, scaler, amp_dtype, normalize, device, config, ctx
+        )
+        val_batches = val_shard.iter_torch_batches(
+            batch_size=config.per_worker_batch, dtypes={"image": torch.uint8, "label": torch.int64}
+        )
+        val = evaluate(model, val_batches, criterion, amp_dtype, normalize, device)
+        lr = schedule.lr
+        schedule.step(val.top1_error)
+        state.epoch = epoch + 1
+        state.best_val_top1_error = min(state.best_val_top1_error, val.top1_error)
+        epoch_seconds = all_reduce_max(train.seconds, device)
+        metrics = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "lr": lr,
+            "train_loss": train.loss,
+            "train_top1_error": train.top1_error,
+            "train_top5_error": train.top5_error,
+            "val_loss": val.loss,
+            "val_top1_error": val.top1_error,
+            "val_top5_error": val.top5_error,
+            "val_images": val.images,
+            "epoch_time_s": epoch_seconds,
+            "images_per_s": train.images / max(epoch_seconds, 1e-9),
+            "images_per_s_per_worker": train.images / max(epoch_seconds, 1e-9) / world,
+            "data_wait_s": all_reduce_max(train.data_wait_s, device),
+            "best_val_top1_error": state.best_val_top1_error,
+        }
+        state.history.append({k: float(v) for k, v in metrics.items()})
+        if ctx.logger is not None:
+            ctx.logger.log_epoch(state.epoch, metrics, step=state.step)
+        save_now = state.epoch % config.checkpoint_every == 0 or state.epoch == config.epochs
+        with tempfile.TemporaryDirectory() as tmp:
+            report_checkpoint = None
+            if save_now and rank == 0:
+                save_checkpoint(
+                    tmp,
+                    model=unwrap(model),
+                    optimizer=optimizer,
+                    schedule=schedule,
+                    scaler=scaler,
+                    state=state,
+                    config=config.to_dict(),
+                    model_config=model_config_of(config),
+                )
+                report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(
+                metrics,
+                checkpoint=report_checkpoint,
+                checkpoint_dir_name=f"checkpoint_epoch_{state.epoch:04d}" if save_now else None,
+            )

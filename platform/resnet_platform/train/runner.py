@@ -1,0 +1,161 @@
+"""The driver side of a training run: check inputs, wire a TorchTrainer, fit, hand the best
+checkpoint to MLflow.
+
+Everything that can be wrong with the inputs (arch, data URI, manifest, storage, run name) is
+checked here in seconds, before any worker starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+import ray.train
+from ray.data import ExecutionOptions
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from resnet_platform import storage
+from resnet_platform.data.manifest import Manifest, read_manifest
+
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .data_config import ExactValidationDataConfig
+from .loop import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+class RunExistsError(ValueError):
+    pass
+
+
+@dataclass
+class TrainingOutcome:
+    name: str
+    run_path: str  # storage URI of the run (checkpoints live below it)
+    history: list[dict[str, float]]
+    best_checkpoint: ray.train.Checkpoint | None
+    best_metrics: dict[str, Any]
+    mlflow_run_id: str | None = None
+    model_version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+def ensure_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (as ``ray job submit`` sets it), else start Ray here."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+
+
+def run_exists(fs: pafs.FileSystem, path: str, name: str) -> bool:
+    return fs.get_file_info(f"{path.rstrip('/')}/{name}").type != pafs.FileType.NotFound
+
+
+def build_datasets(config: TrainConfig) -> dict[str, ray.data.Dataset]:
+    from resnet_platform.data.pipeline import TransformConfig, build_split_dataset
+
+    transform = TransformConfig(
+        image_size=config.image_size, augmentation=config.augmentation, ten_crop=config.ten_crop
+    )
+    return {
+        "train": build_split_dataset(config.data, "train", train=True, transform=transform, seed=config.seed),
+        "val": build_split_dataset(config.data, "val", train=False, transform=transform, seed=config.seed),
+    }
+
+
+def build_trainer(config: TrainConfig, datasets: dict[str, ray.data.Dataset]) -> TorchTrainer:
+    fs, path = storage.resolve(config.storage_uri())
+    ingest = ExecutionOptions(preserve_order=True) if config.deterministic else None
+    resources = {"CPU": config.cpus_per_worker}
+    if config.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=config.name,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.keep_checkpoints,
+                checkpoint_score_attribute="val_top1_error",
+                checkpoint_score_order="min",
+            ),
+        ),
+        datasets=datasets,
+        dataset_config=ExactValidationDataConfig(execution_options=ingest),
+    )
+
+
+def prepare_config(config: TrainConfig, manifest: Manifest) -> TrainConfig:
+    """Fill in what the driver knows: class count, a run name, absolute storage."""
+    name = config.name or f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return replace(config, num_classes=len(manifest.classes), name=name, storage=config.storage_uri())
+
+
+def check_run_name(config: TrainConfig) -> None:
+    fs, path = storage.resolve(config.storage)
+    exists = run_exists(fs, path, config.name)
+    where = f"{config.storage.rstrip('/')}/{config.name}"
+    if exists and not config.resume:
+        raise RunExistsError(f"run {where} already exists: pass --resume to continue it, or another --name")
+    if config.resume and not exists:
+        raise RunExistsError(f"--resume: no run at {where} to continue")
+
+
+def run_training(config: TrainConfig, *, tracker=None) -> TrainingOutcome:
+    """Fit ``config``; ``tracker`` (see ``resnet_platform.tracking.training``) opens and closes the
+    MLflow run around the fit and logs the best model."""
+    manifest = read_manifest(config.data)
+    if storage.is_s3(config.storage_uri()):
+        storage.check_reachable(config.storage_uri())
+    config = prepare_config(config, manifest)
+    check_run_name(config)
+    ensure_ray()
+    if tracker is not None:
+        config = replace(config, mlflow_run_id=tracker.open(config, manifest))
+    trainer = build_trainer(config, build_datasets(config))
+    try:
+        result = trainer.fit()
+    except Exception:
+        if tracker is not None:
+            tracker.close(failed=True)
+        raise
+    outcome = summarize(config, result)
+    if tracker is not None:
+        tracker.finish(config, manifest, outcome)
+    return outcome
+
+
+def summarize(config: TrainConfig, result) -> TrainingOutcome:
+    history: list[dict[str, float]] = []
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as directory:
+            history = list(load_checkpoint(directory)["history"])
+    best = None
+    best_metrics: dict[str, Any] = {}
+    if result.best_checkpoints:
+        ckpt, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1]["val_top1_error"])
+        best = ckpt
+    return TrainingOutcome(
+        name=config.name,
+        run_path=f"{config.storage.rstrip('/')}/{config.name}",
+        history=history,
+        best_checkpoint=best,
+        best_metrics=dict(best_metrics),
+        mlflow_run_id=config.mlflow_run_id,
+    )
