@@ -1,0 +1,44 @@
+"""Shard an ILSVRC2012 folder into Parquet + manifest.json on a local folder or s3://bucket/prefix.
+
+    python jobs/prepare_imagenet.py --source /data/ILSVRC2012 --output s3://bucket/imagenet
+
+Rerun the same command after an interruption: complete shards are kept, the rest is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
+
+
+def parse_args(argv: list[str] | None = None) -> PrepareConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", required=True, help="ILSVRC2012 root holding train/ and val/")
+    p.add_argument("--output", required=True, help="local folder, file:// or s3://bucket/prefix")
+    p.add_argument("--splits", default="train,val", help="comma-separated splits (default train,val)")
+    p.add_argument("--shard-size-mb", type=float, default=128.0, help="target shard size (default 128)")
+    p.add_argument("--max-side", type=int, default=None, help="re-encode images larger than this side")
+    p.add_argument("--quality", type=int, default=None, help="JPEG quality when re-encoding (default 90)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    a = p.parse_args(argv)
+    return PrepareConfig(
+        source=a.source,
+        output=a.output,
+        splits=tuple(s for s in a.splits.split(",") if s),
+        shard_size_mb=a.shard_size_mb,
+        max_side=a.max_side,
+        quality=a.quality,
+        num_cpus=a.num_cpus,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    summary = prepare_imagenet(parse_args(argv))
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""ILSVRC2012 folders -> Parquet shards + ``manifest.json`` on a local folder or object storage.
+
+One Ray task per shard. The shard plan is deterministic (same source, same flags -> same shards), each
+shard is written atomically (tmp + rename locally; one PUT on S3) and then recorded in a small sidecar
+``_progress/<shard>.json`` with its row count, size, checksum and a fingerprint of its inputs. A rerun
+skips every shard whose sidecar matches, so a killed preparation resumes where it stopped. The
+manifest is written last: a root without one is visibly incomplete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from PIL import Image
+
+from resnet_platform.data.imagenet_layout import (
+    SourceImage,
+    SplitSource,
+    discover_split,
+    read_class_names,
+    train_wnids,
+)
+from resnet_platform.data.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ShardInfo,
+    SplitManifest,
+    read_text,
+    write_manifest,
+    write_text_atomic,
+)
+from resnet_platform.storage import check_reachable, join, resolve
+
+log = logging.getLogger(__name__)
+
+SHARD_SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("key", pa.string())])
+ROW_GROUP_BYTES = 32 * 2**20
+DEFAULT_QUALITY = 90
+PLAN_SEED = 0
+
+
+@dataclass
+class PrepareConfig:
+    source: str
+    output: str
+    splits: tuple[str, ...] = ("train", "val")
+    shard_size_mb: float = 128.0
+    max_side: int | None = None  # re-encode images larger than this (longest side), FFCV-style
+    quality: int | None = None  # JPEG quality of re-encoded images (default 90 when re-encoding)
+    num_cpus: int | None = None  # for ray.init when Ray is not running yet
+    progress: bool | None = None  # None: a progress bar only when stderr is a terminal
+
+
+@dataclass
+class PrepareSummary:
+    output: str
+    layouts: dict[str, str]
+    images: dict[str, int]
+    classes: int
+    shards: int
+    shards_written: int
+    shards_reused: int
+    bytes: int
+    rejected: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        lines = [f"prepared {self.output} in {self.seconds:.1f}s"]
+        lines += [f"  {s}: {self.layouts[s]}: {n:,} images" for s, n in self.images.items()]
+        lines.append(
+            f"  {sum(self.images.values()):,} images, {self.classes} classes, {self.shards} shards "
+            f"({self.shards_written} written, {self.shards_reused} already complete), "
+            f"{self.bytes / 2**20:,.1f} MiB, {len(self.rejected)} rejected"
+        )
+        lines += [f"  rejected {r['key']}: {r['reason']}" for r in self.rejected[:20]]
+        if len(self.rejected) > 20:
+            lines.append(f"  ... and {len(self.rejected) - 20} more (see manifest.json)")
+        return "\n".join(lines)
+
+
+@dataclass
+class ShardSpec:
+    split: str
+    index: int
+    count: int
+    items: list[tuple[str, str, int | None]]  # (path, key, label or None)
+    max_side: int | None
+    quality: int | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:05d}-of-{self.count:05d}"
+
+    @property
+    def path(self) -> str:
+        return f"{self.split}/{self.name}.parquet"
+
+    def fingerprint(self) -> str:
+        blob = json.dumps([self.items, self.max_side, self.quality, SHARD_SCHEMA.to_string()])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+class RejectedImage(ValueError):
+    pass
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        hi = a.max() or 1.0
+        im = Image.fromarray((a * (255.0 / hi)).clip(0, 255).astype("uint8"), mode="L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def normalize_image(data: bytes, *, max_side: int | None = None, quality: int | None = None) -> bytes:
+    """Return JPEG bytes that decode to 3-channel RGB; raise RejectedImage when nothing can read them.
+
+    Baseline RGB JPEGs are kept byte for byte unless re-encoding is asked for (``quality``) or they
+    exceed ``max_side``. CMYK, grayscale, palette and 16-bit images and other containers (PNG disguised
+    as .JPEG) become RGB JPEGs.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            im.load()  # a full decode: truncated and corrupt files fail here, not in training
+            too_big = max_side is not None and max(im.size) > max_side
+            if fmt == "JPEG" and im.mode == "RGB" and not too_big and quality is None:
+                return data
+            out = _to_rgb(im)
+            if too_big:
+                scale = max_side / max(out.size)
+                size = (max(1, round(out.width * scale)), max(1, round(out.height * scale)))
+                out = out.resize(size, Image.BILINEAR, reducing_gap=3.0)
+            buf = io.BytesIO()
+            out.save(buf, format="JPEG", quality=quality or DEFAULT_QUALITY)
+            return buf.getvalue()
+    except Exception as e:  # PIL raises many types for bad files
+        raise RejectedImage(f"{type(e).__name__}: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------- shards
+
+
+def _sidecar_uri(output: str, spec: ShardSpec) -> str:
+    return join(output, "_progress", spec.name + ".json")
+
+
+def _put_bytes(uri: str, data: bytes) -> None:
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        with fs.open_output_stream(path) as f:  # the object appears when the upload completes
+            f.write(data)
+
+
+def completed_shard(output: str, spec: ShardSpec) -> dict | None:
+    """The sidecar of ``spec`` when that shard is complete with the same inputs, else None."""
+    text = read_text(_sidecar_uri(output, spec))
+    if text is None:
+        return None
+    record = json.loads(text)
+    if record.get("fingerprint") != spec.fingerprint():
+        return None
+    fs, path = resolve(join(output, spec.path))
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File or info.size != record["shard"]["bytes"]:
+        return None
+    return record
+
+
+def write_shard(output: str, spec: ShardSpec) -> dict:
+    """Read, check and (re-)encode the images of one shard, write it atomically, then its sidecar."""
+    images, labels, keys, rejected = [], [], [], []
+    for path, key, label in spec.items:
+        if label is None:
+            rejected.append({"key": key, "reason": "no ground-truth label for this file"})
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            images.append(normalize_image(data, max_side=spec.max_side, quality=spec.quality))
+        except (RejectedImage, OSError) as e:
+            rejected.append({"key": key, "reason": str(e)})
+            continue
+        labels.append(label)
+        keys.append(key)
+    table = pa.table(
+        {"image": pa.array(images, pa.binary()), "label": pa.array(labels, pa.int32()), "key": keys},
+        schema=SHARD_SCHEMA,
+    )
+    avg = max(1, table.nbytes // max(1, len(table)))
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="none", row_group_size=max(16, ROW_GROUP_BYTES // avg))
+    data = buf.getvalue()
+    _put_bytes(join(output, spec.path), data)
+    shard = ShardInfo(spec.path, len(table), len(data), hashlib.sha256(data).hexdigest())
+    record = {"fingerprint": spec.fingerprint(), "shard": asdict(shard), "rejected": rejected}
+    write_text_atomic(_sidecar_uri(output, spec), json.dumps(record))
+    return record
+
+
+def plan_shards(
+    source: SplitSource, classes: list[str], shard_bytes: int, max_side: int | None, quality: int | None
+) -> list[ShardSpec]:
+    """Deterministic shard plan. Training images are shuffled (fixed seed) so a shard mixes classes."""
+    index = {w: i for i, w in enumerate(classes)}
+    images: list[SourceImage] = sorted(source.images, key=lambda im: im.key)
+    if source.split == "train":
+        random.Random(PLAN_SEED).shuffle(images)
+    groups: list[list[SourceImage]] = [[]]
+    size = 0
+    for im in images:
+        if groups[-1] and size + im.size > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(im)
+        size += im.size
+    groups = [g for g in groups if g]
+    return [
+        ShardSpec(
+            source.split,
+            i,
+            len(groups),
+            [(im.path, im.key, index.get(im.wnid) if im.wnid else None) for im in g],
+            max_side,
+            quality,
+        )
+        for i, g in enumerate(groups)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+class _Progress:
+    """tqdm when it is installed and stderr is a terminal; a plain line on a terminal otherwise."""
+
+    def __init__(self, total: int, enabled: bool | None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.total, self.done, self.images = total, 0, 0
+        self._bar = None
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, unit="shard", desc="prepare", file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, rows: int) -> None:
+        self.done += 1
+        self.images += rows
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(images=self.images)
+        elif self.enabled:
+            print(
+                f"\rprepare: {self.done}/{self.total} shards, {self.images:,} images", end="", file=sys.stderr
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled:
+            print(file=sys.stderr)
+
+
+def prepare_imagenet(
+    config: PrepareConfig, *, on_shard: Callable[[ShardInfo], None] | None = None
+) -> PrepareSummary:
+    """Prepare ``config.source`` into ``config.output``; rerun to resume. ``on_shard`` sees each shard
+    as it completes (progress reporting; the tests use it to interrupt a run)."""
+    import ray
+
+    t0 = time.monotonic()
+    check_reachable(config.output)
+    sources = {s: discover_split(config.source, s) for s in config.splits}
+    for s in sources.values():
+        log.info("%s: found %s (%d files)", s.split, s.layout, len(s.images))
+    classes = sorted(
+        set(train_wnids(config.source)) | {im.wnid for s in sources.values() for im in s.images if im.wnid}
+    )
+    names = read_class_names(config.source)
+    shard_bytes = int(config.shard_size_mb * 2**20)
+    plans = {
+        s: plan_shards(src, classes, shard_bytes, config.max_side, config.quality)
+        for s, src in sources.items()
+    }
+    specs = [spec for plan in plans.values() for spec in plan]
+    records: dict[str, dict] = {}
+    for spec in specs:
+        record = completed_shard(config.output, spec)
+        if record is not None:
+            records[spec.name] = record
+    todo = [spec for spec in specs if spec.name not in records]
+    reused = len(records)
+    log.info("%d shards planned, %d already complete, %d to write", len(specs), reused, len(todo))
+
+    if todo:
+        fs, path = resolve(join(config.output, MANIFEST_NAME))
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            fs.delete_file(path)  # the data set changes: it is incomplete until the new manifest lands
+        started_ray = not ray.is_initialized()
+        if started_ray:
+            ray.init(num_cpus=config.num_cpus, configure_logging=False, log_to_driver=False)
+        progress = _Progress(len(specs), config.progress)
+        for record in records.values():
+            progress.update(record["shard"]["rows"])
+        task = ray.remote(num_cpus=1)(write_shard)
+        pending = {task.remote(config.output, spec): spec for spec in todo}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    spec = pending.pop(ref)
+                    record = ray.get(ref)
+                    records[spec.name] = record
+                    progress.update(record["shard"]["rows"])
+                    if on_shard is not None:
+                        on_shard(ShardInfo(**record["shard"]))
+        finally:
+            progress.close()
+            for ref in pending:
+                ray.cancel(ref)
+            for ref in pending:  # let cancelled tasks settle so nothing writes after we return
+                try:
+                    ray.get(ref)
+                except Exception:
+                    pass
+            if started_ray:
+                ray.shutdown()
+
+    splits, rejected = {}, []
+    for split, plan in plans.items():
+        shards = [ShardInfo(**records[spec.name]["shard"]) for spec in plan]
+        splits[split] = SplitManifest(num_rows=sum(s.rows for s in shards), shards=shards)
+        rejected += [r for spec in plan for r in records[spec.name]["rejected"]]
+    manifest = Manifest(
+        classes=classes,
+        class_names=[names.get(w, w) for w in classes],
+        splits=splits,
+        rejected=rejected,
+        source_layout={s: src.layout for s, src in sources.items()},
+        encoding={"max_side": config.max_side, "quality": config.quality},
+    )
+    write_manifest(config.output, manifest)
+    summary = PrepareSummary(
+        output=config.output,
+        layouts=manifest.source_layout,
+        images={s: m.num_rows for s, m in splits.items()},
+        classes=len(classes),
+        shards=len(specs),
+        shards_written=len(specs) - reused,
+        shards_reused=reused,
+        bytes=sum(m.num_bytes for m in splits.values()),
+        rejected=rejected,
+        seconds=time.monotonic() - t0,
+    )
+    log.info("%s", summary)
+    return summary
