@@ -13,7 +13,7 @@ import sys
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
 from resnet_platform.train.cli import build_parser, config_from_args
-from resnet_platform.train.main import train_and_track
+from resnet_platform.train.main import format_report, train_and_track
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     outcome = train_and_track(config, track=not args.no_mlflow)
-    print(outcome.report())
+    print(format_report(outcome))
     return 0
 
 

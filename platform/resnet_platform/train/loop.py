@@ -197,7 +197,9 @@ def _open_logger(config: TrainConfig, rank: int):
         return None
     from resnet_platform.tracking.worker_logger import RunLogger
 
-    return RunLogger(config.tracking_uri, config.mlflow_run_id)
+    logger = RunLogger(config.tracking_uri, config.mlflow_run_id)
+    logger.start_system_metrics()  # CPU, memory, GPU of rank 0's node
+    return logger
 
 
 def train_loop_per_worker(config_dict: dict) -> None:
@@ -308,3 +310,5 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 checkpoint=report_checkpoint,
                 checkpoint_dir_name=f"checkpoint_epoch_{state.epoch:04d}" if save_now else None,
             )
+    if ctx.logger is not None:
+        ctx.logger.close()

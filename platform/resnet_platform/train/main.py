@@ -1,0 +1,148 @@
+"""One call for the job: fit a config and, unless told not to, track it in MLflow.
+
+The MLflow run is opened by the driver before the workers start (they log into it by id) and
+closed here after the fit, with the best checkpoint logged as a model and optionally registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from resnet_platform.data.manifest import Manifest
+
+from .checkpoint import load_checkpoint, load_model_config
+from .config import TrainConfig
+from .runner import TrainingOutcome, run_training
+
+log = logging.getLogger(__name__)
+
+
+class MlflowTracker:
+    """Driver-side MLflow for one training run (rank 0 of the workers logs the metrics)."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        from resnet_platform.tracking.runs import resolve_tracking_uri
+
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.run_id: str | None = None
+
+    def open(self, config: TrainConfig, manifest: Manifest) -> str:
+        from resnet_platform.tracking.runs import find_run, start_run
+
+        existing = find_run(self.tracking_uri, config.experiment, config.name) if config.resume else None
+        tags = {
+            "arch": config.arch,
+            "data": config.data,
+            "num_workers": config.num_workers,
+            "worker_kind": "gpu" if config.use_gpu else "cpu",
+            "ray_job_id": os.environ.get("RAY_JOB_ID") or _ray_job_id(),
+        }
+        params = {k: v for k, v in config.to_dict().items() if k not in ("mlflow_run_id", "fault")}
+        self.run_id = start_run(
+            self.tracking_uri, config.experiment, config.name, params, tags, existing_run_id=existing
+        )
+        return self.run_id
+
+    def close(self, failed: bool = False) -> None:
+        from resnet_platform.tracking.runs import end_run
+
+        if self.run_id:
+            end_run(self.tracking_uri, self.run_id, "FAILED" if failed else "FINISHED")
+
+    def finish(self, config: TrainConfig, manifest: Manifest, outcome: TrainingOutcome) -> None:
+        """Artifacts (config, curves, final metrics, model summary) and the best model."""
+        from resnet_platform.models.summary import format_table
+        from resnet_platform.tracking.curves import plot_error_curves
+        from resnet_platform.tracking.inference import ModelSpec
+        from resnet_platform.tracking.model_logging import log_resnet_model
+        from resnet_platform.tracking.params import redact
+        from resnet_platform.tracking.worker_logger import RunLogger
+
+        with RunLogger(self.tracking_uri, self.run_id) as run, tempfile.TemporaryDirectory() as tmp:
+            run.log_dict(redact({k: v for k, v in config.to_dict().items() if k != "fault"}), "config.json")
+            run.log_dict({"final": outcome.final, "best": outcome.best_metrics}, "final_metrics.json")
+            run.log_text(format_table([config.arch]), "model_summary.md")
+            if outcome.history:
+                run.log_figure(
+                    plot_error_curves(outcome.history, Path(tmp) / "error_curves.png"), "error_curves.png"
+                )
+            if outcome.best_checkpoint is not None:
+                with outcome.best_checkpoint.as_directory() as directory:
+                    state = load_checkpoint(directory)
+                    model_config = load_model_config(directory)
+                spec = ModelSpec(
+                    arch=model_config["arch"],
+                    num_classes=model_config["num_classes"],
+                    options=model_config["options"],
+                    class_names=manifest.class_names,
+                    wnids=manifest.classes,
+                    image_size=config.image_size,
+                    resize_size=round(config.image_size * 256 / 224),
+                )
+                metrics = {
+                    k: outcome.best_metrics[k]
+                    for k in ("val_top1_error", "val_top5_error")
+                    if k in outcome.best_metrics
+                }
+                info = log_resnet_model(
+                    self.tracking_uri,
+                    self.run_id,
+                    state["model"],
+                    spec,
+                    registered_name=config.register_as,
+                    metrics=metrics,
+                    step=int(state["step"]),
+                )
+                outcome.model_version = info.version
+                outcome.extra["model_uri"] = info.model_uri
+                log.info(
+                    "logged model %s%s", info.model_uri, f" as {info.registered_uri}" if info.version else ""
+                )
+        self.close()
+
+
+def _ray_job_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
+    except Exception:  # the tag is informative only
+        return None
+
+
+def train_and_track(config: TrainConfig, *, track: bool = True) -> TrainingOutcome:
+    tracker = MlflowTracker(config.tracking_uri) if track else None
+    if tracker is not None:
+        from dataclasses import replace
+
+        config = replace(config, tracking_uri=tracker.tracking_uri)
+    return run_training(config, tracker=tracker)
+
+
+def format_report(outcome: TrainingOutcome) -> str:
+    cols = [
+        "epoch",
+        "train_loss",
+        "train_top1_error",
+        "val_top1_error",
+        "val_top5_error",
+        "images_per_s",
+        "data_wait_s",
+    ]
+    lines = ["  ".join(f"{c:>16}" for c in cols)]
+    for row in outcome.history:
+        lines.append("  ".join(f"{row.get(c, float('nan')):>16.4f}" for c in cols))
+    lines.append(f"run: {outcome.run_path}")
+    if outcome.best_metrics:
+        lines.append(f"best validation top-1 error: {outcome.best_metrics['val_top1_error']:.4f}")
+    if outcome.mlflow_run_id:
+        lines.append(f"MLflow run: {outcome.mlflow_run_id}")
+    if outcome.model_version:
+        lines.append(f"registered model version: {outcome.model_version}")
+    return "\n".join(lines)
+
+
+__all__ = ["MlflowTracker", "format_report", "train_and_track"]
