@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -22,44 +24,49 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=config.base_lr, momentum=config.momentum)
 
 
-class EpochSchedule:
-    """Warmup, then step / cosine / plateau decay; ``step(val_error)`` after every epoch.
+def lr_factor(epoch: int, config: TrainConfig) -> float:
+    """Multiplier of the base rate for the epoch with 0-based index ``epoch``.
 
-    torch's schedulers do the arithmetic; this class only chains warmup in front of
-    ``ReduceLROnPlateau`` (which ``SequentialLR`` cannot hold) and gives one state_dict.
+    Milestones are absolute epochs (30 and 60 stay 30 and 60 with a warmup in front); the cosine
+    runs from the end of the warmup to the last epoch.
+    """
+    w = config.warmup_epochs
+    warm = (epoch + 1) / (w + 1) if epoch < w else 1.0
+    if config.lr_schedule == "step":
+        return warm * config.lr_gamma ** sum(epoch >= m for m in config.lr_milestones)
+    if config.lr_schedule == "cosine":
+        t = min(max((epoch - w) / max(1, config.epochs - w), 0.0), 1.0)
+        return warm * 0.5 * (1.0 + math.cos(math.pi * t))
+    return warm  # plateau: the decay comes from ReduceLROnPlateau once the warmup is over
+
+
+class EpochSchedule:
+    """The learning rate of each epoch; ``step(val_error)`` after every epoch.
+
+    ``LambdaLR`` applies :func:`lr_factor`; for ``plateau`` it only covers the warmup, then
+    torch's ``ReduceLROnPlateau`` divides the rate when the validation error stops improving
+    (the paper's own wording).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
         self.config = config
+        self.optimizer = optimizer
         self.epochs_done = 0
-        sched = torch.optim.lr_scheduler
-        self.warmup = (
-            sched.LinearLR(
-                optimizer, start_factor=1.0 / (config.warmup_epochs + 1), total_iters=config.warmup_epochs
-            )
-            if config.warmup_epochs
-            else None
-        )
-        if config.lr_schedule == "step":
-            self.main = sched.MultiStepLR(
-                optimizer, milestones=list(config.lr_milestones), gamma=config.lr_gamma
-            )
-        elif config.lr_schedule == "cosine":
-            self.main = sched.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs - config.warmup_epochs))
-        else:
-            self.main = sched.ReduceLROnPlateau(
+        self.lambda_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, config))
+        self.plateau = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=config.lr_gamma, patience=config.plateau_patience
             )
-        self.optimizer = optimizer
+            if config.lr_schedule == "plateau"
+            else None
+        )
 
     def step(self, val_error: float) -> None:
         self.epochs_done += 1
-        if self.warmup is not None and self.epochs_done <= self.config.warmup_epochs:
-            self.warmup.step()
-        elif isinstance(self.main, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.main.step(val_error)
+        if self.plateau is not None and self.epochs_done > self.config.warmup_epochs:
+            self.plateau.step(val_error)
         else:
-            self.main.step()
+            self.lambda_lr.step()
 
     @property
     def lr(self) -> float:
@@ -68,12 +75,12 @@ class EpochSchedule:
     def state_dict(self) -> dict:
         return {
             "epochs_done": self.epochs_done,
-            "warmup": self.warmup.state_dict() if self.warmup else None,
-            "main": self.main.state_dict(),
+            "lambda_lr": self.lambda_lr.state_dict(),
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.epochs_done = state["epochs_done"]
-        if self.warmup is not None and state["warmup"] is not None:
-            self.warmup.load_state_dict(state["warmup"])
-        self.main.load_state_dict(state["main"])
+        self.lambda_lr.load_state_dict(state["lambda_lr"])
+        if self.plateau is not None and state["plateau"] is not None:
+            self.plateau.load_state_dict(state["plateau"])
