@@ -1,0 +1,49 @@
+"""Point a registry alias (champion, candidate) at a model version, optionally only if it is better.
+
+    python jobs/register_model.py --name resnet50-imagenet --version 3 --alias champion --only-if-better
+
+Lower ``--metric`` is better; it is read from the version's tags (set at registration) or its run.
+Exit status 0 whether or not the alias moved; the reason is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from resnet_platform.tracking import decide_promotion, resolve_tracking_uri, set_alias
+
+
+def main(argv: list[str] | None = None) -> bool:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--name", required=True, help="registered model name")
+    parser.add_argument("--version", required=True, help="model version to point the alias at")
+    parser.add_argument("--alias", default="champion", help="alias, e.g. champion or candidate")
+    parser.add_argument(
+        "--only-if-better", action="store_true", help="move the alias only if this version's metric is lower"
+    )
+    parser.add_argument("--metric", default="val_top1_error", help="metric compared by --only-if-better")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    ok, reason = decide_promotion(
+        args.name,
+        args.version,
+        args.alias,
+        only_if_better=args.only_if_better,
+        metric=args.metric,
+        tracking_uri=uri,
+    )
+    if ok:
+        set_alias(args.name, args.alias, args.version, uri)
+    print(f"{'promoted' if ok else 'not promoted'}: {reason}")
+    return ok
+
+
+if __name__ == "__main__":
+    main()

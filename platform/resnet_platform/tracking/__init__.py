@@ -1,0 +1,74 @@
+"""MLflow tracking for resnet-platform: runs (driver), rank-0 logging, curves, model logging, registry.
+
+Driver::
+
+    uri = resolve_tracking_uri(args.tracking_uri)          # pass this exact string to the workers
+    run_id = find_run(uri, exp, name) if resume else None
+    run_id = start_run(uri, exp, name, params=config, tags={...}, existing_run_id=run_id)
+    ...  # workers: with RunLogger(uri, run_id) as rl: rl.log_step(...); rl.log_epoch(...)
+    info = log_resnet_model(uri, run_id, state_dict, ModelSpec.for_arch(arch, ...), registered_name=...)
+    end_run(uri, run_id)
+
+Consumers::
+
+    m = load_model("models:/resnet50-imagenet@champion")
+    m.predict_topk(["cat.jpg"], k=5)
+"""
+
+from .curves import plot_error_curves
+from .inference import LoadedModel, ModelSpec, Prediction, Preprocess, load_from_files
+from .model_logging import LoggedModelInfo, log_resnet_model, save_resnet_model
+from .params import flatten_params, redact, redact_text
+from .registry import (
+    alias_version,
+    decide_promotion,
+    download_model,
+    load_model,
+    promote,
+    set_alias,
+    version_metric,
+)
+from .runs import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_TRACKING_URI,
+    client_for,
+    default_tags,
+    end_run,
+    find_run,
+    git_commit,
+    resolve_tracking_uri,
+    start_run,
+)
+from .worker_logger import RunLogger
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "DEFAULT_TRACKING_URI",
+    "LoadedModel",
+    "LoggedModelInfo",
+    "ModelSpec",
+    "Prediction",
+    "Preprocess",
+    "RunLogger",
+    "alias_version",
+    "client_for",
+    "decide_promotion",
+    "default_tags",
+    "download_model",
+    "end_run",
+    "find_run",
+    "flatten_params",
+    "git_commit",
+    "load_from_files",
+    "load_model",
+    "log_resnet_model",
+    "plot_error_curves",
+    "promote",
+    "redact",
+    "redact_text",
+    "resolve_tracking_uri",
+    "save_resnet_model",
+    "set_alias",
+    "start_run",
+    "version_metric",
+]

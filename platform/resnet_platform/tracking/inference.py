@@ -1,0 +1,203 @@
+"""A logged ResNet rebuilt for inference: spec (architecture + classes + preprocessing), weights, top-k.
+
+No pickled code is ever loaded: the network is rebuilt with ``build_model(**spec)`` and the state dict
+read with ``torch.load(..., weights_only=True)``. Shared by :func:`~resnet_platform.tracking.load_model`
+and the pyfunc model that ``mlflow models serve`` runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from resnet_platform.models import build_model, get_spec
+
+# The pyfunc model's input: a DataFrame column of base64-encoded image files; ``params.k`` top classes.
+INPUT_COLUMN = "image"
+DEFAULT_K = 5
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class ModelSpec:
+    """Everything besides the weights needed to use a trained network.
+
+    ``options`` are ``build_model`` keywords (``shortcut``, ``stride``, ``zero_init_residual``).
+    Preprocessing at inference: resize the shorter side to ``resize_size``, center-crop
+    ``image_size``, scale to [0, 1], normalize with ``mean``/``std`` (given on the [0, 1] scale;
+    values above 1 are taken as 0-255 and divided by 255).
+    """
+
+    arch: str
+    num_classes: int
+    options: dict = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    wnids: list[str] = field(default_factory=list)
+    image_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @classmethod
+    def for_arch(cls, arch: str, num_classes: int | None = None, **kw: Any) -> ModelSpec:
+        """Defaults by family: ImageNet nets 256 -> 224 crop; CIFAR nets 32 -> 32 with CIFAR statistics."""
+        spec = get_spec(arch)
+        num_classes = spec.default_num_classes if num_classes is None else num_classes
+        if spec.family == "cifar":
+            kw = {"image_size": 32, "resize_size": 32, "mean": CIFAR_MEAN, "std": CIFAR_STD, **kw}
+        return cls(arch=arch, num_classes=num_classes, **kw)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ModelSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("mean", "std"):
+            if k in kw:
+                kw[k] = tuple(float(x) for x in kw[k])
+        return cls(**kw)
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names, or wnids, or ``"0".."N-1"``: always one label per output."""
+        if len(self.class_names) == self.num_classes:
+            return list(self.class_names)
+        if len(self.wnids) == self.num_classes:
+            return list(self.wnids)
+        return [str(i) for i in range(self.num_classes)]
+
+    def build(self) -> nn.Module:
+        return build_model(self.arch, self.num_classes, **self.options)
+
+
+def _scale(values: Sequence[float]) -> list[float]:
+    return [v / 255.0 for v in values] if max(values) > 1.0 else list(values)
+
+
+def open_image(image: Any) -> Image.Image:
+    """PIL image from a PIL image, a path, raw file bytes, base64 text, or a uint8 HWC array."""
+    if isinstance(image, Image.Image):
+        img = image
+    elif isinstance(image, str | Path) and Path(str(image)).is_file():
+        with Image.open(image) as f:
+            img = f.copy()
+    elif isinstance(image, bytes | bytearray | memoryview):
+        img = Image.open(io.BytesIO(bytes(image)))
+    elif isinstance(image, str):
+        img = Image.open(io.BytesIO(base64.b64decode(image, validate=False)))
+    elif isinstance(image, np.ndarray):
+        img = Image.fromarray(image.astype(np.uint8))
+    else:
+        raise TypeError(f"cannot read an image from {type(image).__name__}")
+    return img.convert("RGB")
+
+
+class Preprocess:
+    """image (PIL / path / bytes / base64 / uint8 HWC array) -> normalized float tensor [3, S, S]."""
+
+    def __init__(self, image_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float]):
+        self.image_size = image_size
+        self.resize_size = resize_size
+        self.mean = torch.tensor(_scale(mean)).view(3, 1, 1)
+        self.std = torch.tensor(_scale(std)).view(3, 1, 1)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> Preprocess:
+        return cls(spec.image_size, spec.resize_size, spec.mean, spec.std)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        img = open_image(image)
+        w, h = img.size
+        short = min(w, h)
+        if short != self.resize_size:
+            scale = self.resize_size / short
+            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+        w, h = img.size
+        left = int(round((w - self.image_size) / 2.0))
+        top = int(round((h - self.image_size) / 2.0))
+        img = img.crop((left, top, left + self.image_size, top + self.image_size))
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+
+class Prediction(NamedTuple):
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode, its preprocessing and its class names."""
+
+    model: nn.Module
+    preprocess: Preprocess
+    spec: ModelSpec
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.spec.labels
+
+    @torch.no_grad()
+    def predict_proba(self, images: Iterable[Any] | Any, batch_size: int = 64) -> torch.Tensor:
+        """Softmax probabilities [N, num_classes] for images (anything ``Preprocess`` reads, or a
+        ready float batch [N, 3, S, S])."""
+        if isinstance(images, torch.Tensor) and images.dtype.is_floating_point:
+            batches = [images]
+        else:
+            if not isinstance(images, list | tuple):
+                images = [images]
+            xs = [self.preprocess(im) for im in images]
+            batches = [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)]
+        device = next(self.model.parameters()).device
+        outs = [torch.softmax(self.model(b.to(device)).float(), dim=1).cpu() for b in batches]
+        return torch.cat(outs) if outs else torch.empty(0, self.spec.num_classes)
+
+    def predict_topk(self, images: Iterable[Any] | Any, k: int = 5) -> list[list[Prediction]]:
+        probs = self.predict_proba(images)
+        k = min(k, probs.shape[1])
+        top = probs.topk(k, dim=1)
+        labels = self.class_names
+        return [
+            [Prediction(int(i), labels[int(i)], float(p)) for p, i in zip(ps, idx, strict=True)]
+            for ps, idx in zip(top.values, top.indices, strict=True)
+        ]
+
+
+def normalize_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Plain CPU tensors with the DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) prefixes removed."""
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = v.detach().to("cpu").contiguous() if isinstance(v, torch.Tensor) else v
+    return out
+
+
+def load_from_files(weights_path: str | Path, config_path: str | Path, device: str = "cpu") -> LoadedModel:
+    """Rebuild the network from its JSON spec and load the weights with ``weights_only=True``."""
+    spec = ModelSpec.from_dict(json.loads(Path(config_path).read_text()))
+    model = spec.build()
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return LoadedModel(model, Preprocess.from_spec(spec), spec)

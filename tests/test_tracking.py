@@ -1,0 +1,425 @@
+"""MLflow tracking and registry against a real `mlflow server` whose artifacts land in the S3 test server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from resnet_platform.models import build_model
+from resnet_platform.tracking import (
+    ModelSpec,
+    RunLogger,
+    end_run,
+    find_run,
+    flatten_params,
+    load_model,
+    log_resnet_model,
+    plot_error_curves,
+    promote,
+    redact,
+    start_run,
+)
+from resnet_platform.tracking.params import MAX_PARAM_VALUE_LENGTH, redact_text
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FAKE_TOKEN = "hf_tok_0123456789abcdef"
+FAKE_DB_PASSWORD = "pg-pass-7f3a9c"
+
+
+@dataclass
+class _Optim:
+    lr: float = 0.1
+    milestones: list[int] = field(default_factory=lambda: [32000, 48000])
+
+
+@dataclass
+class _Config:
+    arch: str = "cifar_resnet20"
+    optim: _Optim = field(default_factory=_Optim)
+    data: dict = field(default_factory=lambda: {"uri": "s3://bucket/cifar", "augment": {"flip": True}})
+    note: str | None = None
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# --- no server --------------------------------------------------------------------------------------
+
+
+def test_flatten_params_nested_lists_dataclasses_none():
+    flat = flatten_params(
+        {
+            "cfg": _Config(),
+            "stages": [3, 4, 6, 3],
+            "schedules": [{"kind": "step", "at": 30}, {"kind": "warmup"}],
+            "empty": {},
+            "path": Path("/data/x"),
+            "bad key!": 1,
+            "long": "x" * 10_000,
+            "obj": object.__new__(type("Weird", (), {"__str__": lambda self: 1 / 0})),
+        }
+    )
+    assert flat["cfg.arch"] == "cifar_resnet20"
+    assert flat["cfg.optim.lr"] == "0.1"
+    assert flat["cfg.optim.milestones"] == "[32000, 48000]"
+    assert flat["cfg.data.augment.flip"] == "True"
+    assert flat["cfg.note"] == "None"
+    assert flat["stages"] == "[3, 4, 6, 3]"
+    assert flat["schedules.0.kind"] == "step" and flat["schedules.1.kind"] == "warmup"
+    assert flat["empty"] == "{}"
+    assert flat["path"] == "/data/x"
+    assert flat["bad key_"] == "1"
+    assert len(flat["long"]) == MAX_PARAM_VALUE_LENGTH
+    assert flat["obj"].startswith("<unprintable")
+    assert all(isinstance(v, str) for v in flat.values())
+
+
+def test_redact_keys_env_values_and_url_passwords(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    out = redact(
+        {
+            "storage": {"aws_secret_access_key": "abc", "endpoint": "http://h:9000"},
+            "apiKey": "k",
+            "hub_token": "t",
+            "db_password": "p",
+            "copied": "prefix-very-secret-value-suffix",
+            "db": f"postgresql://user:{FAKE_DB_PASSWORD}@db:5432/mlflow",
+            "lr": 0.1,
+            "steps": ["very-secret-value"],
+        }
+    )
+    assert out["storage"] == {"aws_secret_access_key": "***", "endpoint": "http://h:9000"}
+    assert out["apiKey"] == out["hub_token"] == out["db_password"] == "***"
+    assert out["copied"] == "prefix-***-suffix"
+    assert out["db"] == "postgresql://user:***@db:5432/mlflow"
+    assert out["lr"] == 0.1 and out["steps"] == ["***"]
+    assert "very-secret-value" not in redact_text("x very-secret-value y")
+
+
+def test_plot_error_curves_png(tmp_path):
+    history = [
+        {
+            "epoch": e,
+            "train_top1_error": 0.9 - 0.1 * e,
+            "val_top1_error": 0.95 - 0.1 * e,
+            "val_top5_error": 0.5,
+        }
+        for e in range(1, 6)
+    ]
+    path = plot_error_curves(history, tmp_path / "sub" / "curves.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    cmp = plot_error_curves({"plain": history, "resnet": history}, tmp_path / "cmp.png", title="Fig. 4")
+    assert cmp.read_bytes()[:8] == PNG_MAGIC
+
+
+# --- real server ------------------------------------------------------------------------------------
+
+
+def test_start_run_params_tags_find_and_resume(mlflow_server):
+    uri, exp, name = mlflow_server.uri, _unique("exp"), "resnet20-run"
+    params = {"cfg": _Config(), "hub": {"token": FAKE_TOKEN}, "secrets": {"x": 1}}
+    run_id = start_run(uri, exp, name, params=params, tags={"arch": "cifar_resnet20", "workers": 2})
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "RUNNING" and run.info.run_name == name
+    assert run.data.params["cfg.optim.lr"] == "0.1"
+    assert run.data.params["cfg.note"] == "None"
+    assert run.data.params["hub.token"] == run.data.params["secrets"] == "***"
+    assert run.data.tags["arch"] == "cifar_resnet20" and run.data.tags["workers"] == "2"
+    assert find_run(uri, exp, name) == run_id
+    assert find_run(uri, exp, "nope") is None and find_run(uri, _unique("none"), name) is None
+
+    end_run(uri, run_id, "FAILED")
+    again = start_run(uri, exp, name, params=params, tags={"resumed": True}, existing_run_id=run_id)
+    assert again == run_id
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "RUNNING" and run.data.tags["resumed"] == "True"
+    end_run(uri, run_id)
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_run_logger_restart_logs_each_epoch_once(mlflow_server, tmp_path):
+    uri = mlflow_server.uri
+    run_id = start_run(uri, _unique("exp"), "restart", params={}, tags={})
+    steps_per_epoch = 5
+    with RunLogger(uri, run_id, flush_every=3) as rl:
+        for epoch in (1, 2):
+            for s in range(steps_per_epoch):
+                step = (epoch - 1) * steps_per_epoch + s + 1
+                rl.log_step({"loss": 1.0 / step, "lr": 0.1, "images_per_sec": 100.0}, step)
+            assert rl.log_epoch(epoch, {"train_top1_error": 0.5 / epoch, "val_top1_error": 0.6 / epoch}, step)
+        rl.log_step({"loss": 0.01}, 12)  # partial epoch 3, then the worker group dies
+
+    # Restart from the epoch-2 checkpoint: epochs 2 and steps up to 12 are replayed.
+    rl2 = RunLogger(uri, run_id)
+    assert rl2.last_epoch == 2 and rl2.last_step == 12
+    assert rl2.log_epoch(2, {"train_top1_error": 0.0, "val_top1_error": 0.0}, 10) is False
+    for step in range(11, 16):
+        rl2.log_step({"loss": 0.02}, step)
+    assert rl2.log_epoch(3, {"train_top1_error": 0.1, "val_top1_error": 0.2}, 15) is True
+    assert rl2.log_epoch(3, {"train_top1_error": 0.1, "val_top1_error": 0.2}, 15) is False
+    rl2.close()
+
+    client = MlflowClient(uri)
+    epochs = [m.value for m in client.get_metric_history(run_id, "epoch")]
+    assert sorted(epochs) == [1.0, 2.0, 3.0]
+    val = client.get_metric_history(run_id, "val_top1_error")
+    assert len(val) == 3 and 0.0 not in [m.value for m in val]
+    loss_steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert sorted(loss_steps) == list(range(1, 11)) + [12, 13, 14, 15]
+    assert len(client.get_metric_history(run_id, "images_per_sec")) == 10
+
+
+def test_artifacts_land_in_s3(mlflow_server, tmp_path):
+    uri = mlflow_server.uri
+    run_id = start_run(uri, _unique("exp"), "artifacts", params={}, tags={})
+    history = [{"epoch": e, "train_top1_error": 1 / e, "val_top1_error": 1.1 / e} for e in (1, 2, 3)]
+    png = plot_error_curves(history, tmp_path / "error_curves.png")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"lr": 0.1, "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"]}))
+    with RunLogger(uri, run_id) as rl:
+        rl.log_figure(png, "curves/error_curves.png")
+        rl.log_dict({"val_top1_error": 0.3, "cfg": _Config()}, "final_metrics.json")
+        rl.log_artifact_file(cfg)
+        rl.log_text("resnet20 summary", "model_summary.txt")
+    end_run(uri, run_id)
+
+    dl = Path(MlflowClient(uri).download_artifacts(run_id, "", str(tmp_path / "dl")))
+    assert (dl / "curves" / "error_curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert json.loads((dl / "final_metrics.json").read_text())["cfg"]["optim"]["lr"] == 0.1
+    assert json.loads((dl / "config.json").read_text())["aws_secret_access_key"] == "***"
+    keys = mlflow_server.artifact_keys()
+    for name in ("curves/error_curves.png", "final_metrics.json", "config.json", "model_summary.txt"):
+        assert any(k.endswith(f"{run_id}/artifacts/{name}") for k in keys), name
+
+
+# --- models and registry ----------------------------------------------------------------------------
+
+
+def _image(path: Path, seed: int) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    arr = (torch.rand(40, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def registry(mlflow_server, tmp_path_factory):
+    """Three versions of a cifar_resnet20 (random weights): val errors 0.5, 0.4 (better), 0.6 (worse)."""
+    uri = mlflow_server.uri
+    name = _unique("cifar-resnet20")
+    classes = [f"class_{i}" for i in range(10)]
+    spec = ModelSpec.for_arch("cifar_resnet20", 10, class_names=classes)
+    models, versions = [], []
+    for seed, err in ((0, 0.5), (1, 0.4), (2, 0.6)):
+        torch.manual_seed(seed)
+        net = build_model("cifar_resnet20", num_classes=10).eval()
+        run_id = start_run(uri, "registry-tests", f"seed{seed}", params={"seed": seed}, tags={})
+        info = log_resnet_model(
+            uri, run_id, net.state_dict(), spec, registered_name=name, metrics={"val_top1_error": err}
+        )
+        end_run(uri, run_id)
+        models.append(net)
+        versions.append(info)
+    imgs = tmp_path_factory.mktemp("imgs")
+    images = [_image(imgs / f"img{i}.png", i) for i in range(3)]
+    return {"uri": uri, "name": name, "models": models, "versions": versions, "images": images, "spec": spec}
+
+
+def test_registered_versions_and_artifacts_in_s3(registry, mlflow_server):
+    assert [v.version for v in registry["versions"]] == ["1", "2", "3"]
+    mv = MlflowClient(registry["uri"]).get_model_version(registry["name"], "1")
+    assert mv.tags["val_top1_error"] == "0.5" and mv.run_id == registry["versions"][0].run_id
+    keys = mlflow_server.artifact_keys()
+    for info in registry["versions"]:
+        mine = [k for k in keys if f"/models/{info.model_id}/artifacts/" in k]
+        names = {k.rsplit("/artifacts/", 1)[1] for k in mine}
+        assert {"MLmodel", "python_model.py", "artifacts/weights.pt", "artifacts/model_config.json"} <= names
+
+
+def test_promote_aliases_and_only_if_better(registry):
+    uri, name = registry["uri"], registry["name"]
+    client = MlflowClient(uri)
+    assert promote(name, 1, "champion", only_if_better=True, tracking_uri=uri)  # nobody holds it yet
+    assert promote(name, 1, "champion", tracking_uri=uri) is False  # already holds it
+    assert promote(name, 3, "champion", only_if_better=True, tracking_uri=uri) is False  # 0.6 > 0.5
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert promote(name, 2, "champion", only_if_better=True, tracking_uri=uri)  # 0.4 < 0.5
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert promote(name, 3, "candidate", tracking_uri=uri)  # no rule: always moves
+    assert client.get_model_version_by_alias(name, "candidate").version == "3"
+
+
+def test_register_model_job(registry):
+    uri, name = registry["uri"], registry["name"]
+    sys.path.insert(0, str(ROOT / "jobs"))
+    try:
+        import register_model
+    finally:
+        sys.path.remove(str(ROOT / "jobs"))
+    args = ["--name", name, "--alias", "staging", "--tracking-uri", uri]
+    assert register_model.main([*args, "--version", "1", "--only-if-better"])
+    assert not register_model.main([*args, "--version", "3", "--only-if-better"])
+    assert register_model.main([*args, "--version", "3"])
+    assert MlflowClient(uri).get_model_version_by_alias(name, "staging").version == "3"
+
+
+def test_load_model_by_alias_matches_original(registry):
+    uri, name = registry["uri"], registry["name"]
+    promote(name, 2, "champion", tracking_uri=uri)
+    loaded = load_model(f"models:/{name}@champion", tracking_uri=uri)
+    assert not loaded.model.training and loaded.class_names == registry["spec"].class_names
+    x = torch.stack([loaded.preprocess(p) for p in registry["images"]])
+    assert x.shape == (3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), registry["models"][1](x), atol=1e-6)
+    by_version = load_model(f"models:/{name}/3", tracking_uri=uri)
+    with torch.no_grad():
+        assert torch.allclose(by_version.model(x), registry["models"][2](x), atol=1e-6)
+    top = loaded.predict_topk(registry["images"], k=5)
+    assert len(top) == 3 and all(len(t) == 5 for t in top)
+    probs = [p.probability for p in top[0]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+
+def _predict_env(uri: str) -> dict[str, str]:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true")
+    # The clients need no S3 access: the server proxies artifacts.
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        env.pop(k, None)
+    return env
+
+
+def test_predict_job_prints_top5(registry):
+    uri, name = registry["uri"], registry["name"]
+    promote(name, 2, "champion", tracking_uri=uri)
+    images = [str(p) for p in registry["images"][:2]]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "predict.py"), "--model", f"models:/{name}@champion", *images],
+        env=_predict_env(uri),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    expected = load_model(f"models:/{name}@champion", tracking_uri=uri).predict_topk(images, k=5)
+    for img, top in zip(images, expected, strict=True):
+        block = out.stdout.split(img, 1)[1].splitlines()[1:6]
+        assert len(block) == 5
+        assert [line.split()[1] for line in block] == [p.label for p in top]
+        assert abs(float(block[0].split()[-1]) - top[0].probability) < 1e-4
+
+
+def test_no_credentials_in_any_run(registry, mlflow_server, s3_server, tmp_path):
+    """Every run on the server: params, tags, metric names and artifact text hold no credential."""
+    uri = mlflow_server.uri
+    run_id = start_run(
+        uri,
+        _unique("leak"),
+        "leak-check",
+        params={
+            "storage": {
+                "aws_access_key_id": s3_server.env["AWS_ACCESS_KEY_ID"],
+                "endpoint": s3_server.endpoint,
+            },
+            "hub_token": FAKE_TOKEN,
+            "copied": "k=" + s3_server.env["AWS_SECRET_ACCESS_KEY"],
+            "db": f"postgresql://mlflow:{FAKE_DB_PASSWORD}@db/mlflow",
+        },
+        tags={"db_uri": f"postgresql://mlflow:{FAKE_DB_PASSWORD}@db/mlflow", "api_token": FAKE_TOKEN},
+    )
+    with RunLogger(uri, run_id) as rl:
+        rl.log_dict({"env": dict(os.environ)}, "env.json")
+        rl.log_text(f"secret={s3_server.env['AWS_SECRET_ACCESS_KEY']}", "notes.txt")
+        rl.log_step({"loss": 1.0}, 1)
+    end_run(uri, run_id)
+
+    secrets = [
+        s3_server.env["AWS_ACCESS_KEY_ID"],
+        s3_server.env["AWS_SECRET_ACCESS_KEY"],
+        FAKE_TOKEN,
+        FAKE_DB_PASSWORD,
+    ]
+    client = MlflowClient(uri)
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments], max_results=1000)
+    assert len(runs) >= 5
+    blobs: list[str] = []
+    for run in runs:
+        blobs += [f"{k}={v}" for k, v in run.data.params.items()]
+        blobs += [f"{k}={v}" for k, v in run.data.tags.items()]
+        blobs += list(run.data.metrics)
+        dst = tmp_path / run.info.run_id
+        dst.mkdir()
+        local = Path(client.download_artifacts(run.info.run_id, "", str(dst)))
+        blobs += [p.read_bytes().decode("latin-1") for p in local.rglob("*") if p.is_file()]
+    for info in registry["versions"]:  # logged models live outside the run's artifact folder
+        dst = tmp_path / info.model_id
+        local = Path(client.download_artifacts(info.run_id, "", str(dst)))  # noqa: F841
+        import mlflow
+
+        mdir = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(dst), tracking_uri=uri))
+        blobs += [p.read_bytes().decode("latin-1") for p in mdir.rglob("*") if p.is_file()]
+        mv = client.get_model_version(registry["name"], info.version)
+        blobs += [f"{k}={v}" for k, v in mv.tags.items()]
+    text = "\n".join(blobs)
+    assert "postgresql://mlflow:***@db/mlflow" in text  # the leak run was scanned
+    for s in secrets:
+        assert s not in text, f"credential {s[:4]}... found in the tracking store"
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers(registry, tmp_path):
+    import base64
+    import urllib.request
+
+    from fixtures.ports import free_port, wait_http
+
+    uri, name = registry["uri"], registry["name"]
+    promote(name, 2, "champion", tracking_uri=uri)
+    port = free_port()
+    exe = str(Path(sys.executable).parent / "mlflow")
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [exe, "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local"]
+            + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env=_predict_env(uri),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ping", timeout=240, proc=proc)
+        except Exception as e:
+            raise AssertionError(f"{e}\n{log_path.read_text()[-3000:]}") from e
+        b64 = [base64.b64encode(p.read_bytes()).decode() for p in registry["images"]]
+        body = {"dataframe_split": {"columns": ["image"], "data": [[b] for b in b64]}, "params": {"k": 3}}
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            preds = json.loads(resp.read())["predictions"]
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    assert len(preds) == 3
+    expected = load_model(f"models:/{name}@champion", tracking_uri=uri).predict_topk(registry["images"], k=3)
+    for row, top in zip(preds, expected, strict=True):
+        assert row["top_classes"] == [p.label for p in top]
+        assert row["top_indices"] == [p.index for p in top]
+        assert len(row["top_probabilities"]) == 3
