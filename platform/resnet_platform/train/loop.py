@@ -87,6 +87,15 @@ class EpochStats:
     data_wait_s: float
 
 
+def format_epoch(m: dict, epochs: int) -> str:
+    return (
+        f"epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  train top-1 err {m['train_top1_error']:.4f}  "
+        f"val top-1 err {m['val_top1_error']:.4f}  top-5 err {m['val_top5_error']:.4f}  "
+        f"({m['val_images']} val images)  {m['images_per_s']:.0f} img/s  data wait {m['data_wait_s']:.1f}s  "
+        f"lr {m['lr']:.4g}"
+    )
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -288,6 +297,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
             "best_val_top1_error": state.best_val_top1_error,
         }
         state.history.append({k: float(v) for k, v in metrics.items()})
+        if rank == 0:
+            print(format_epoch(metrics, config.epochs), flush=True)
         if ctx.logger is not None:
             ctx.logger.log_epoch(state.epoch, metrics, step=state.step)
         save_now = state.epoch % config.checkpoint_every == 0 or state.epoch == config.epochs

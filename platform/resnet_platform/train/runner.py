@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,6 +20,7 @@ import ray.train
 from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2.api.config import LoggingConfig
 
 from resnet_platform import storage
 from resnet_platform.data.manifest import Manifest, read_manifest
@@ -54,6 +56,8 @@ class TrainingOutcome:
 def ensure_ray() -> None:
     """Join the cluster named by RAY_ADDRESS (as ``ray job submit`` sets it), else start Ray here."""
     if not ray.is_initialized():
+        if not sys.stderr.isatty():  # progress bars only on a terminal
+            os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
 
@@ -94,6 +98,10 @@ def build_trainer(config: TrainConfig, datasets: dict[str, ray.data.Dataset]) ->
                 num_to_keep=config.keep_checkpoints,
                 checkpoint_score_attribute="val_top1_error",
                 checkpoint_score_order="min",
+            ),
+            # Ray Train's own INFO lines repeat every metric of every report; rank 0 prints its own.
+            logging_config=LoggingConfig(
+                log_level=os.environ.get("RESNET_PLATFORM_TRAIN_LOG_LEVEL", "WARNING")
             ),
         ),
         datasets=datasets,
