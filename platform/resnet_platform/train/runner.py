@@ -18,9 +18,8 @@ import pyarrow.fs as pafs
 import ray
 import ray.train
 from ray.data import ExecutionOptions
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from ray.train.v2.api.config import LoggingConfig
 
 from resnet_platform import storage
 from resnet_platform.data.manifest import Manifest, read_manifest
