@@ -19,6 +19,7 @@ from resnet_platform.models import build_model
 from resnet_platform.tracking import (
     ModelSpec,
     RunLogger,
+    download_model,
     end_run,
     find_run,
     flatten_params,
@@ -244,8 +245,8 @@ def test_registered_versions_and_artifacts_in_s3(registry, mlflow_server):
     keys = mlflow_server.artifact_keys()
     for info in registry["versions"]:
         mine = [k for k in keys if f"/models/{info.model_id}/artifacts/" in k]
-        names = {k.rsplit("/artifacts/", 1)[1] for k in mine}
-        assert {"MLmodel", "python_model.py", "artifacts/weights.pt", "artifacts/model_config.json"} <= names
+        names = {k.split(f"/models/{info.model_id}/artifacts/", 1)[1] for k in mine}
+        assert {"MLmodel", "pyfunc_model.py", "artifacts/weights.pt", "artifacts/model_config.json"} <= names
 
 
 def test_promote_aliases_and_only_if_better(registry):
@@ -295,6 +296,8 @@ def test_load_model_by_alias_matches_original(registry):
 
 def _predict_env(uri: str) -> dict[str, str]:
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_DISABLE_TELEMETRY="true")
+    # `mlflow models serve` execs uvicorn from PATH: put the virtual environment's bin first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # The clients need no S3 access: the server proxies artifacts.
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         env.pop(k, None)
@@ -365,11 +368,7 @@ def test_no_credentials_in_any_run(registry, mlflow_server, s3_server, tmp_path)
         local = Path(client.download_artifacts(run.info.run_id, "", str(dst)))
         blobs += [p.read_bytes().decode("latin-1") for p in local.rglob("*") if p.is_file()]
     for info in registry["versions"]:  # logged models live outside the run's artifact folder
-        dst = tmp_path / info.model_id
-        local = Path(client.download_artifacts(info.run_id, "", str(dst)))  # noqa: F841
-        import mlflow
-
-        mdir = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(dst), tracking_uri=uri))
+        mdir = download_model(info.model_uri, tmp_path / info.model_id, tracking_uri=uri)
         blobs += [p.read_bytes().decode("latin-1") for p in mdir.rglob("*") if p.is_file()]
         mv = client.get_model_version(registry["name"], info.version)
         blobs += [f"{k}={v}" for k, v in mv.tags.items()]

@@ -25,6 +25,7 @@ from .registry import (
     download_model,
     load_model,
     promote,
+    resolve_model_artifact_uri,
     set_alias,
     version_metric,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "promote",
     "redact",
     "redact_text",
+    "resolve_model_artifact_uri",
     "resolve_tracking_uri",
     "save_resnet_model",
     "set_alias",

@@ -108,15 +108,41 @@ def promote(
     return ok
 
 
+def resolve_model_artifact_uri(model_uri: str, tracking_uri: str | None = None) -> str:
+    """The storage URI of a model's directory (``mlflow-artifacts:/...``, ``s3://...``, a path).
+
+    Resolved with an explicit client: MLflow 3.17's own ``models:/`` download looks the name up in
+    the *global* registry URI and ignores the one it is given.
+    """
+    client = client_for(tracking_uri)
+    for _ in range(5):  # models:/NAME@alias -> models:/m-ID -> storage
+        if model_uri.startswith("runs:/"):
+            run_id, _, path = model_uri[len("runs:/") :].partition("/")
+            return client.get_run(run_id).info.artifact_uri.rstrip("/") + ("/" + path if path else "")
+        if not model_uri.startswith("models:/"):
+            return model_uri
+        ref = model_uri[len("models:/") :].strip("/")
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            model_uri = client.get_model_version_by_alias(name, alias).source
+        elif "/" in ref:
+            name, version = ref.rsplit("/", 1)
+            model_uri = client.get_model_version(name, version).source
+        else:  # a logged model id (m-...)
+            model_uri = client.get_logged_model(ref).artifact_location
+    raise ValueError(f"could not resolve {model_uri!r}: too many indirections")
+
+
 def download_model(model_uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
     """Download a model directory (``models:/NAME@alias``, ``models:/NAME/3``, ``models:/m-...``,
-    ``runs:/RUN/path``, or a local path) into ``dst``."""
+    ``runs:/RUN/path``, a storage URI, or a local path) into ``dst``."""
     if Path(model_uri).is_dir():
         return Path(model_uri)
     uri = resolve_tracking_uri(tracking_uri)
+    artifact_uri = resolve_model_artifact_uri(model_uri, uri)
     return Path(
         mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=str(dst), tracking_uri=uri, registry_uri=uri
+            artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=uri, registry_uri=uri
         )
     )
 
