@@ -411,8 +411,11 @@ def test_mlflow_models_serve_answers(registry, tmp_path):
             data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            preds = json.loads(resp.read())["predictions"]
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                preds = json.loads(resp.read())["predictions"]
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"{e}: {e.read()[:2000]!r}") from e
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)

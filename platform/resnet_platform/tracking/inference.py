@@ -92,11 +92,18 @@ def _scale(values: Sequence[float]) -> list[float]:
     return [v / 255.0 for v in values] if max(values) > 1.0 else list(values)
 
 
+def _is_file(text: str) -> bool:
+    try:
+        return len(text) < 4096 and Path(text).is_file()
+    except (OSError, ValueError):  # base64 text: "file name too long", NUL bytes
+        return False
+
+
 def open_image(image: Any) -> Image.Image:
     """PIL image from a PIL image, a path, raw file bytes, base64 text, or a uint8 HWC array."""
     if isinstance(image, Image.Image):
         img = image
-    elif isinstance(image, str | Path) and Path(str(image)).is_file():
+    elif isinstance(image, Path) or (isinstance(image, str) and _is_file(image)):
         with Image.open(image) as f:
             img = f.copy()
     elif isinstance(image, bytes | bytearray | memoryview):
