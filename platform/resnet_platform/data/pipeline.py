@@ -195,7 +195,6 @@ def _decode_batch(
         labels.append(label)
         keys.append(key)
     if failed:
-
         counter = _skip_counter_class().options(
             name=skips_name, namespace=SKIPS_NAMESPACE, get_if_exists=True, lifetime="detached"
         )
