@@ -28,6 +28,7 @@ from resnet_platform.tracking import (
     plot_error_curves,
     promote,
     redact,
+    resolve_tracking_uri,
     start_run,
 )
 from resnet_platform.tracking.params import MAX_PARAM_VALUE_LENGTH, redact_text
@@ -304,6 +305,7 @@ def _predict_env(uri: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch + mlflow: ~20 s on 2 busy cores
 def test_predict_job_prints_top5(registry):
     uri, name = registry["uri"], registry["name"]
     promote(name, 2, "champion", tracking_uri=uri)
@@ -425,3 +427,26 @@ def test_mlflow_models_serve_answers(registry, tmp_path):
         assert row["top_classes"] == [p.label for p in top]
         assert row["top_indices"] == [p.index for p in top]
         assert len(row["top_probabilities"]) == 3
+
+
+def test_embedded_sqlite_default_roundtrip(tmp_path, monkeypatch):
+    """No server: the default sqlite:///mlflow.db store (made absolute for Ray workers) and local artifacts."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = resolve_tracking_uri(None)
+    assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    torch.manual_seed(0)
+    net = build_model("cifar_resnet20", num_classes=10).eval()
+    run_id = start_run(None, "resnet-imagenet", "local", params={"arch": "cifar_resnet20"}, tags={})
+    with RunLogger(None, run_id) as rl:
+        assert rl.log_epoch(1, {"val_top1_error": 0.5}, 10)
+    info = log_resnet_model(
+        None, run_id, net.state_dict(), ModelSpec.for_arch("cifar_resnet20"), registered_name="m"
+    )
+    end_run(None, run_id)
+    assert promote("m", info.version, "champion", only_if_better=True)
+    loaded = load_model("models:/m@champion")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), net(x), atol=1e-6)
+    assert loaded.class_names == [str(i) for i in range(10)]
