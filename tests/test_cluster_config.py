@@ -122,3 +122,11 @@ def test_image_and_package_install(config):
 def test_local_cluster_uses_the_same_data_resource():
     script = (REPO / "infra" / "local" / "start-cluster.sh").read_text()
     assert f'DATA_RESOURCE="${{LOCAL_DATA_RESOURCE:-{DATA_RESOURCE}}}"' in script
+
+
+def test_head_runs_the_projects_mlflow_server_and_nodes_point_at_it(config):
+    head = " ".join(config["head_start_ray_commands"])
+    [script] = re.findall(r"/home/ray/resnet-platform/(\S+run_server\.sh)", head)
+    assert (REPO / script).is_file()
+    assert "MLFLOW_TRACKING_URI=" in head
+    assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in " ".join(config["worker_start_ray_commands"])
