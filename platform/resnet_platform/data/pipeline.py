@@ -4,8 +4,8 @@
 rows ``{"image": uint8 (H, W, 3), "label": int64}``. Normalization happens on the device
 (``IMAGENET_MEAN`` / ``IMAGENET_STD``), so 4x fewer bytes cross to it.
 
-Training order changes every epoch: the shard files and the block order are reshuffled on every
-execution of the dataset, and the consumer adds its local shuffle buffer
+Training order changes every epoch: the shard files (one read task and block stream each) are
+reshuffled on every execution of the dataset, and the consumer adds its local shuffle buffer
 (``iter_torch_batches(local_shuffle_buffer_size=...)``).
 """
 
@@ -229,7 +229,7 @@ def build_split_dataset(
     adds each row's source path (as strings, for inspection; not for ``iter_torch_batches``).
     """
     import ray.data
-    from ray.data import DataContext, FileShuffleConfig, RandomSeedConfig
+    from ray.data import DataContext, FileShuffleConfig
 
     manifest = read_manifest(uri)
     if split not in manifest.splits:
@@ -259,8 +259,9 @@ def build_split_dataset(
     finally:
         if saved is not None:
             ctx.use_datasource_v2 = saved
-    if train:
-        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    # No randomize_block_order(): in Ray 2.60 it is an all-to-all barrier that holds every read block
+    # before the first decode. One read task per shard in a file order reshuffled every execution
+    # gives the same new block order per epoch while streaming.
     fn = functools.partial(
         _decode_batch, t=transform, train=train, include_key=include_key, skips_name=_skips_name(uri, split)
     )
