@@ -99,6 +99,8 @@ class TrainConfig:
             )
         if self.epochs < 1 or self.num_workers < 1 or self.checkpoint_every < 1:
             raise ValueError("epochs, num_workers and checkpoint_every must be at least 1")
+        if self.deterministic and self.augmentation != "none":
+            raise ValueError("deterministic runs need augmentation 'none': random crops cannot be replayed")
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
 
     @property

@@ -65,14 +65,18 @@ def run_exists(fs: pafs.FileSystem, path: str, name: str) -> bool:
 
 
 def build_datasets(config: TrainConfig) -> dict[str, ray.data.Dataset]:
+    """Train and val streams. Deterministic runs read the training split in stored order:
+    Ray Data reseeds its shuffles per execution, which a resumed run would restart from."""
     from resnet_platform.data.pipeline import TransformConfig, build_split_dataset
 
-    transform = TransformConfig(
-        image_size=config.image_size, augmentation=config.augmentation, ten_crop=config.ten_crop
-    )
+    train_t = TransformConfig(image_size=config.image_size, augmentation=config.augmentation)
+    val_t = replace(train_t, ten_crop=config.ten_crop)
+    shuffled = not config.deterministic
     return {
-        "train": build_split_dataset(config.data, "train", train=True, transform=transform, seed=config.seed),
-        "val": build_split_dataset(config.data, "val", train=False, transform=transform, seed=config.seed),
+        "train": build_split_dataset(
+            config.data, "train", train=shuffled, transform=train_t, seed=config.seed
+        ),
+        "val": build_split_dataset(config.data, "val", train=False, transform=val_t, seed=config.seed),
     }
 
 
