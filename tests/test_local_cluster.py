@@ -156,11 +156,17 @@ def test_local_cluster_start_run_stop(tmp_path):
             assert r.status == 200
 
         # `ray status` sees both nodes' resources, the data resource included.
-        status = subprocess.run(
-            ["ray", "status"], env=cluster_env, capture_output=True, text=True, timeout=120
-        )
-        assert status.returncode == 0, status.stderr[-2000:]
-        assert DATA_RESOURCE in status.stdout
+        # (The autoscaler's view lags the node table by a few seconds.)
+        deadline = time.monotonic() + 90
+        while True:
+            status = subprocess.run(
+                ["ray", "status"], env=cluster_env, capture_output=True, text=True, timeout=120
+            )
+            assert status.returncode == 0, status.stderr[-2000:]
+            if DATA_RESOURCE in status.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert DATA_RESOURCE in status.stdout, status.stdout
 
         # Ray Data map_batches that asks for the data resource runs on the data node only.
         driver = subprocess.run(
