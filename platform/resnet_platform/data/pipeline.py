@@ -221,12 +221,15 @@ def build_split_dataset(
     batch_size: int = 64,
     num_cpus: float | None = None,
     concurrency: int | None = None,
+    node_resource: str | None = None,
 ):
     """A streaming Ray Dataset of one prepared split: rows ``{"image": uint8 HWC, "label": int64}``.
 
     ``train=True``: shard files and blocks are reshuffled on every execution (epoch); with ``seed``
     the sequence of orders is reproducible. ``train=False``: deterministic order. ``include_key``
     adds each row's source path (as strings, for inspection; not for ``iter_torch_batches``).
+    ``node_resource``: a custom resource only CPU data nodes advertise (e.g. ``data_cpu``); each read
+    and decode task asks for one unit of it, so image work stays off the GPU nodes.
     """
     import ray.data
     from ray.data import DataContext, FileShuffleConfig
@@ -255,6 +258,7 @@ def build_split_dataset(
             partitioning=None,
             file_extensions=None,
             override_num_blocks=len(paths),
+            **({"ray_remote_args": {"resources": {node_resource: 1}}} if node_resource else {}),
         )
     finally:
         if saved is not None:
@@ -270,6 +274,8 @@ def build_split_dataset(
         kwargs["num_cpus"] = num_cpus
     if concurrency is not None:
         kwargs["concurrency"] = concurrency
+    if node_resource:
+        kwargs["resources"] = {node_resource: 1}
     ds = ds.map_batches(fn, batch_size=batch_size, batch_format="numpy", zero_copy_batch=True, **kwargs)
     if not train:
         ds.context.execution_options.preserve_order = True

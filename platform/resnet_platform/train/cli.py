@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS["augmentation"],
         help="rrc: RandomResizedCrop+flip; scale: the paper's [256,480] scale augmentation; none",
     )
+    data.add_argument(
+        "--data-node-resource",
+        default=None,
+        help="custom resource of CPU-only nodes (e.g. data_cpu): read and decode there, off the GPU nodes",
+    )
     data.add_argument("--ten-crop", action="store_true", help="validate with the paper's 10-crop testing")
     data.add_argument(
         "--shuffle-buffer", type=int, default=DEFAULTS["shuffle_buffer"], help="local shuffle buffer (rows)"
@@ -130,6 +135,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         augmentation=args.augmentation,
         ten_crop=args.ten_crop,
         shuffle_buffer=args.shuffle_buffer,
+        data_node_resource=args.data_node_resource,
         arch=args.arch,
         shortcut=args.shortcut,
         stride=args.stride,

@@ -39,6 +39,7 @@ class TrainConfig:
     augmentation: str = "rrc"
     ten_crop: bool = False  # the paper's 10-crop testing, for validation
     shuffle_buffer: int = 1024
+    data_node_resource: str | None = None  # custom resource of CPU data nodes: decode there, not on GPU nodes
     num_classes: int | None = None  # set by the driver from the dataset manifest
     # model
     arch: str = "resnet50"
