@@ -128,10 +128,21 @@ def check_run_name(config: TrainConfig) -> None:
         raise RunExistsError(f"--resume: no run at {where} to continue")
 
 
-def run_training(config: TrainConfig, *, tracker=None) -> TrainingOutcome:
+def run_training(
+    config: TrainConfig,
+    *,
+    tracker=None,
+    datasets: dict[str, ray.data.Dataset] | None = None,
+    manifest: Manifest | None = None,
+) -> TrainingOutcome:
     """Fit ``config``; ``tracker`` (see ``resnet_platform.tracking.training``) opens and closes the
-    MLflow run around the fit and logs the best model."""
-    manifest = read_manifest(config.data)
+    MLflow run around the fit and logs the best model.
+
+    ``datasets`` (``{"train", "val"}`` of uint8 HWC rows) with their ``manifest`` (classes) replace
+    the prepared Parquet data at ``config.data``: how CIFAR-10 archives are trained."""
+    if (datasets is None) != (manifest is None):
+        raise ValueError("pass datasets and manifest together")
+    manifest = manifest if manifest is not None else read_manifest(config.data)
     if storage.is_s3(config.storage_uri()):
         storage.check_reachable(config.storage_uri())
     config = prepare_config(config, manifest)
@@ -139,7 +150,7 @@ def run_training(config: TrainConfig, *, tracker=None) -> TrainingOutcome:
     ensure_ray()
     if tracker is not None:
         config = replace(config, mlflow_run_id=tracker.open(config, manifest))
-    trainer = build_trainer(config, build_datasets(config))
+    trainer = build_trainer(config, datasets if datasets is not None else build_datasets(config))
     try:
         result = trainer.fit()
     except Exception:
