@@ -80,7 +80,11 @@ def build_datasets(config: TrainConfig) -> dict[str, ray.data.Dataset]:
     }
 
 
-def build_trainer(config: TrainConfig, datasets: dict[str, ray.data.Dataset]) -> TorchTrainer:
+def build_trainer(
+    config: TrainConfig, datasets: dict[str, ray.data.Dataset], callbacks: list | None = None
+) -> TorchTrainer:
+    """``callbacks``: Ray Train ``UserCallback``s for the RunConfig (a Tune trial passes
+    ``TuneReportCallback`` so each epoch's report reaches Tune)."""
     fs, path = storage.resolve(config.storage_uri())
     ingest = ExecutionOptions(preserve_order=True) if config.deterministic else None
     resources = {"CPU": config.cpus_per_worker}
@@ -96,6 +100,7 @@ def build_trainer(config: TrainConfig, datasets: dict[str, ray.data.Dataset]) ->
             name=config.name,
             storage_path=path,
             storage_filesystem=fs,
+            callbacks=list(callbacks or []),
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.keep_checkpoints,
@@ -134,12 +139,14 @@ def run_training(
     tracker=None,
     datasets: dict[str, ray.data.Dataset] | None = None,
     manifest: Manifest | None = None,
+    callbacks: list | None = None,
 ) -> TrainingOutcome:
     """Fit ``config``; ``tracker`` (see ``resnet_platform.tracking.training``) opens and closes the
     MLflow run around the fit and logs the best model.
 
     ``datasets`` (``{"train", "val"}`` of uint8 HWC rows) with their ``manifest`` (classes) replace
-    the prepared Parquet data at ``config.data``: how CIFAR-10 archives are trained."""
+    the prepared Parquet data at ``config.data``: how CIFAR-10 archives are trained.
+    ``callbacks`` go to Ray Train's RunConfig (a Tune trial's ``TuneReportCallback``)."""
     if (datasets is None) != (manifest is None):
         raise ValueError("pass datasets and manifest together")
     manifest = manifest if manifest is not None else read_manifest(config.data)
@@ -150,7 +157,9 @@ def run_training(
     ensure_ray()
     if tracker is not None:
         config = replace(config, mlflow_run_id=tracker.open(config, manifest))
-    trainer = build_trainer(config, datasets if datasets is not None else build_datasets(config))
+    trainer = build_trainer(
+        config, datasets if datasets is not None else build_datasets(config), callbacks=callbacks
+    )
     try:
         result = trainer.fit()
     except Exception:
