@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENTATIONS = ("rrc", "scale", "none")
+AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
 SKIPS_NAMESPACE = "resnet_platform"
 
 
@@ -37,6 +37,8 @@ class TransformConfig:
     image_size: int = 224
     resize_size: int | None = None  # eval resize of the shorter side; default round(image_size * 256 / 224)
     augmentation: str = "rrc"  # "rrc": RandomResizedCrop + flip; "scale": the paper's; "none": eval transform
+    # "pad-crop": CIFAR's (section 4.2): the whole image at image_size, zero-padded by 4, a random
+    # image_size crop and a flip; evaluation then uses the whole image, uncropped
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
     ten_crop: bool = False  # eval only: rows become (10, H, W, 3)
@@ -112,9 +114,28 @@ def _center_box(w: int, h: int, resize: int, size: int) -> tuple[float, float, f
     return x, y, x + cw, y + ch
 
 
+def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """CIFAR augmentation (section 4.2) of uint8 NHWC: zero-pad ``pad`` pixels per side, take a
+    random crop of the original size, flip horizontally with probability 1/2; one draw per image."""
+    n, h, w = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = np.empty_like(images)
+    ys = rng.integers(0, 2 * pad + 1, size=n)
+    xs = rng.integers(0, 2 * pad + 1, size=n)
+    flips = rng.random(n) < 0.5
+    for i in range(n):
+        crop = padded[i, ys[i] : ys[i] + h, xs[i] : xs[i] + w]
+        out[i] = crop[:, ::-1] if flips[i] else crop
+    return out
+
+
 def transform_image(data: bytes, t: TransformConfig, train: bool, rng: np.random.Generator) -> np.ndarray:
     """JPEG bytes -> uint8 HWC (or 10xHWC for ten-crop) with the configured transform."""
     size = t.image_size
+    if t.augmentation == "pad-crop" and not t.ten_crop:
+        with Image.open(io.BytesIO(data)) as im:
+            whole = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+        return pad_crop_flip(whole[None], rng)[0] if train else whole
     with Image.open(io.BytesIO(data)) as probe:
         w, h = probe.size
     flip = False

@@ -14,7 +14,8 @@ from typing import Any
 
 LR_SCHEDULES = ("step", "plateau", "cosine")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-AUGMENTATIONS = ("rrc", "scale", "none")
+AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
+NORMALIZATIONS = ("imagenet", "cifar10")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class TrainConfig:
     # data
     data: str = ""
     image_size: int = 224
-    augmentation: str = "rrc"
+    augmentation: str = "rrc"  # "pad-crop": CIFAR's 4-pixel zero pad + random crop + flip (section 4.2)
+    normalization: str = "imagenet"  # mean/std applied on the device: "imagenet" or "cifar10"
     ten_crop: bool = False  # the paper's 10-crop testing, for validation
     shuffle_buffer: int = 1024
     data_node_resource: str | None = None  # custom resource of CPU data nodes: decode there, not on GPU nodes
@@ -59,6 +61,10 @@ class TrainConfig:
     lr_gamma: float = 0.1
     plateau_patience: int = 5
     warmup_epochs: int = 0
+    # ResNet-110 on CIFAR (section 4.2): this lr until the training error falls below the threshold
+    # (checked after every epoch), then the schedule's own rate. None: off.
+    error_warmup_lr: float | None = None
+    error_warmup_threshold: float = 0.8
     # execution
     num_workers: int = 2
     use_gpu: bool = False
@@ -91,6 +97,7 @@ class TrainConfig:
             ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
             ("amp", self.amp, AMP_MODES),
             ("augmentation", self.augmentation, AUGMENTATIONS),
+            ("normalization", self.normalization, NORMALIZATIONS),
         ):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the CIFAR-10 training set's per-channel mean and std
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+NORMALIZATION_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
 
 
 def model_config_of(config: TrainConfig) -> dict:
@@ -66,10 +69,16 @@ class Normalizer(nn.Module):
     format makes them exact (DDP warns about mismatched grad strides otherwise).
     """
 
-    def __init__(self, device: torch.device, channels_last: bool) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        channels_last: bool,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
         super().__init__()
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.format = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -233,7 +242,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     amp_dtype = resolve_amp(config.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    normalize = Normalizer(device, config.channels_last)
+    normalize = Normalizer(device, config.channels_last, *NORMALIZATION_STATS[config.normalization])
     forward_model = torch.compile(model) if config.compile else model
 
     state = TrainingState()
@@ -275,7 +284,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         )
         val = evaluate(model, val_batches, criterion, amp_dtype, normalize, device)
         lr = schedule.lr
-        schedule.step(val.top1_error)
+        schedule.step(val.top1_error, train.top1_error)
         state.epoch = epoch + 1
         state.best_val_top1_error = min(state.best_val_top1_error, val.top1_error)
         epoch_seconds = all_reduce_max(train.seconds, device)

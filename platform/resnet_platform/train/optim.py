@@ -52,7 +52,11 @@ class EpochSchedule:
         self.config = config
         self.optimizer = optimizer
         self.epochs_done = 0
-        self.lambda_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, config))
+        # ResNet-110's rule: a low rate until the training error falls below a threshold.
+        self.error_warmup = config.error_warmup_lr is not None
+        self.lambda_lr = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: lr_factor(e, config) * self._error_warmup_factor()
+        )
         self.plateau = (
             torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=config.lr_gamma, patience=config.plateau_patience
@@ -61,7 +65,13 @@ class EpochSchedule:
             else None
         )
 
-    def step(self, val_error: float) -> None:
+    def _error_warmup_factor(self) -> float:
+        return self.config.error_warmup_lr / self.config.base_lr if self.error_warmup else 1.0
+
+    def step(self, val_error: float, train_error: float | None = None) -> None:
+        """After each epoch; ``train_error`` ends the ResNet-110 low-rate phase once below threshold."""
+        if self.error_warmup and train_error is not None and train_error < self.config.error_warmup_threshold:
+            self.error_warmup = False
         self.epochs_done += 1
         if self.plateau is not None and self.epochs_done > self.config.warmup_epochs:
             self.plateau.step(val_error)
@@ -75,12 +85,14 @@ class EpochSchedule:
     def state_dict(self) -> dict:
         return {
             "epochs_done": self.epochs_done,
+            "error_warmup": self.error_warmup,
             "lambda_lr": self.lambda_lr.state_dict(),
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.epochs_done = state["epochs_done"]
+        self.error_warmup = state.get("error_warmup", False)
         self.lambda_lr.load_state_dict(state["lambda_lr"])
         if self.plateau is not None and state["plateau"] is not None:
             self.plateau.load_state_dict(state["plateau"])

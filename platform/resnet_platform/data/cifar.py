@@ -1,0 +1,190 @@
+"""CIFAR-10 from the standard python archive into Ray Data: rows ``{"image": uint8 HWC, "label": int64}``.
+
+The archive (``cifar-10-python.tar.gz``, or its extracted ``cifar-10-batches-py/`` folder) holds
+pickled dicts written by Python 2: ``data_batch_1`` .. ``data_batch_5`` (10,000 images each),
+``test_batch`` and ``batches.meta``. Keys are bytes once loaded with ``encoding="bytes"``:
+``b"data"`` is uint8 ``[N, 3072]`` in CHW order (1024 red, 1024 green, 1024 blue, rows of 32),
+``b"labels"`` a list of ints, ``b"label_names"`` (in the meta file) the class names.
+
+The whole set is 180 MB as uint8: it is read once, put in the object store, and the datasets are
+streams of row ids that look their images up there (and augment them, for training).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import pickle
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from resnet_platform.data.manifest import Manifest, SplitManifest
+from resnet_platform.data.pipeline import pad_crop_flip
+from resnet_platform.storage import resolve
+
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+FOLDER = "cifar-10-batches-py"
+ARCHIVE = "cifar-10-python.tar.gz"
+VAL_SIZE = 5000  # the paper's 45k/5k train/validation split (section 4.2)
+
+
+class CifarFormatError(ValueError):
+    pass
+
+
+@dataclass
+class Cifar10:
+    train_images: np.ndarray  # uint8 (N, 32, 32, 3), HWC
+    train_labels: np.ndarray  # int64 (N,)
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+
+    def manifest(self, val_rows: int) -> Manifest:
+        """A manifest for the trainer and MLflow (classes, row counts); no shards behind it."""
+        return Manifest(
+            classes=list(self.classes),
+            class_names=list(self.classes),
+            splits={
+                "train": SplitManifest(num_rows=len(self.train_labels) - val_rows),
+                "val": SplitManifest(num_rows=val_rows or len(self.test_labels)),
+            },
+            source_layout={"train": "cifar-10-python", "val": "cifar-10-python"},
+        )
+
+
+def _get(d: dict, key: str):
+    """Batches pickled by Python 2 have bytes keys; re-pickled ones may have str keys."""
+    if key.encode() in d:
+        return d[key.encode()]
+    if key in d:
+        return d[key]
+    raise CifarFormatError(f"no {key!r} in a CIFAR batch (keys: {sorted(map(str, d))})")
+
+
+def decode_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch -> (uint8 NHWC images, int64 labels)."""
+    d = pickle.loads(raw, encoding="bytes")
+    data = np.asarray(_get(d, "data"), dtype=np.uint8)
+    labels = np.asarray(_get(d, "labels"), dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise CifarFormatError(f"{name}: data {data.shape} and {len(labels)} labels are not CIFAR-10's")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+
+
+def _members_from_tar(blob: bytes, where: str) -> Callable[[str], bytes]:
+    tar = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
+    by_name = {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
+
+    def read(name: str) -> bytes:
+        if name not in by_name:
+            raise CifarFormatError(f"{where}: no {name} in the archive")
+        return tar.extractfile(by_name[name]).read()
+
+    return read
+
+
+def _members_from_folder(fs: pafs.FileSystem, folder: str, where: str) -> Callable[[str], bytes]:
+    def read(name: str) -> bytes:
+        path = f"{folder.rstrip('/')}/{name}"
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            raise CifarFormatError(f"{where}: no {name} in {folder}")
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return read
+
+
+def _open_source(uri: str) -> Callable[[str], bytes]:
+    """The archive file, the extracted folder, or a folder holding either."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        with fs.open_input_stream(path) as f:
+            return _members_from_tar(f.read(), uri)
+    if info.type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"no CIFAR-10 archive or folder at {uri}")
+    for folder in (path, f"{path.rstrip('/')}/{FOLDER}"):
+        if fs.get_file_info(f"{folder}/{TRAIN_BATCHES[0]}").type == pafs.FileType.File:
+            return _members_from_folder(fs, folder, uri)
+    archive = f"{path.rstrip('/')}/{ARCHIVE}"
+    if fs.get_file_info(archive).type == pafs.FileType.File:
+        with fs.open_input_stream(archive) as f:
+            return _members_from_tar(f.read(), uri)
+    raise FileNotFoundError(f"{uri}: neither {FOLDER}/ nor {ARCHIVE} (nor the batches themselves) found")
+
+
+def read_cifar10(uri: str) -> Cifar10:
+    """Read all of CIFAR-10 (path, ``file://`` or ``s3://``; archive or extracted folder)."""
+    read = _open_source(uri)
+    train = [decode_batch(read(name), name) for name in TRAIN_BATCHES]
+    test_images, test_labels = decode_batch(read(TEST_BATCH), TEST_BATCH)
+    meta = pickle.loads(read(META), encoding="bytes")
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, "label_names")]
+    return Cifar10(
+        train_images=np.concatenate([b[0] for b in train]),
+        train_labels=np.concatenate([b[1] for b in train]),
+        test_images=test_images,
+        test_labels=test_labels,
+        classes=classes,
+    )
+
+
+def split_train_val(n: int, val_size: int = VAL_SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded disjoint (train, val) index arrays covering ``range(n)``; both sorted."""
+    if not 0 < val_size < n:
+        raise ValueError(f"validation size {val_size} must be between 0 and {n} exclusive")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[val_size:]), np.sort(order[:val_size])
+
+
+def _lookup(
+    batch: dict[str, np.ndarray], *, refs: dict, augment: bool, rng_seed: int | None
+) -> dict[str, np.ndarray]:
+    import ray
+
+    images, labels = ray.get(refs["images"]), ray.get(refs["labels"])
+    ids = batch["id"]
+    out = images[ids]
+    if augment:
+        out = pad_crop_flip(out, np.random.default_rng(rng_seed))
+    return {"image": out, "label": labels[ids].astype(np.int64)}
+
+
+def _dataset(images: np.ndarray, labels: np.ndarray, *, shuffle: bool, augment: bool, blocks: int):
+    import ray
+    import ray.data
+
+    refs = {"images": ray.put(np.ascontiguousarray(images)), "labels": ray.put(labels)}
+    ds = ray.data.range(len(labels), override_num_blocks=max(1, min(blocks, len(labels))))
+    if shuffle:
+        ds = ds.random_shuffle()  # ids only: a full reshuffle per epoch costs next to nothing
+    fn = functools.partial(_lookup, refs=refs, augment=augment, rng_seed=None)
+    ds = ds.map_batches(fn, batch_size=1024, batch_format="numpy")
+    if not shuffle:
+        ds.context.execution_options.preserve_order = True
+    return ds
+
+
+def cifar_datasets(
+    data: Cifar10, *, val_split: bool = False, seed: int = 0, augment: bool = True, blocks: int = 16
+) -> dict:
+    """``{"train", "val"}`` Ray datasets; ``val`` is the test set, or 5k held out of the training set
+    (seeded) with ``val_split``. Training rows get pad-crop-flip when ``augment``."""
+    if val_split:
+        train_idx, val_idx = split_train_val(len(data.train_labels), seed=seed)
+        train = (data.train_images[train_idx], data.train_labels[train_idx])
+        val = (data.train_images[val_idx], data.train_labels[val_idx])
+    else:
+        train = (data.train_images, data.train_labels)
+        val = (data.test_images, data.test_labels)
+    return {
+        "train": _dataset(*train, shuffle=True, augment=augment, blocks=blocks),
+        "val": _dataset(*val, shuffle=False, augment=False, blocks=blocks),
+    }
