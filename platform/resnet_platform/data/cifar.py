@@ -188,3 +188,59 @@ def cifar_datasets(
         "train": _dataset(*train, shuffle=True, augment=augment, blocks=blocks),
         "val": _dataset(*val, shuffle=False, augment=False, blocks=blocks),
     }
+
+
+def write_cifar10_archive(
+    path: str, *, per_batch: int = 40, test_size: int = 100, seed: int = 0, extracted: bool = False
+) -> str:
+    """A small CIFAR-10 in the exact format of ``cifar-10-python.tar.gz`` (for tests and demos).
+
+    Five training batches of ``per_batch`` images and a test batch, pickled (protocol 2) as the
+    real ones are: bytes keys, ``b"data"`` uint8 [N, 3072] in CHW order, ``b"labels"`` ints,
+    ``b"filenames"``, ``b"batch_label"``; ``batches.meta`` with bytes ``b"label_names"``. Each class
+    has its own colour and stripe direction, so a small net can learn it. ``extracted``: write the
+    ``cifar-10-batches-py/`` folder under ``path`` instead of the ``.tar.gz`` at ``path``.
+    """
+    from pathlib import Path
+
+    rng = np.random.default_rng(seed)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    colours = rng.integers(40, 216, size=(10, 3))
+
+    def images(n: int, batch_label: str) -> dict:
+        labels = rng.integers(0, 10, size=n)
+        gy, gx = np.mgrid[0:32, 0:32]
+        hwc = np.empty((n, 32, 32, 3), np.uint8)
+        for i, c in enumerate(labels):
+            stripes = np.sin((gx if c % 2 else gy) * (0.4 + 0.1 * (c // 2)))[..., None] * 30
+            img = colours[c] + stripes + rng.normal(0, 12, size=(32, 32, 3))
+            hwc[i] = img.clip(0, 255).astype(np.uint8)
+        return {
+            b"batch_label": batch_label.encode(),
+            b"labels": [int(c) for c in labels],
+            b"data": hwc.transpose(0, 3, 1, 2).reshape(n, 3072),
+            b"filenames": [f"img_{batch_label[-6:]}_{i}.png".encode() for i in range(n)],
+        }
+
+    files = {f"data_batch_{i}": images(per_batch, f"training batch {i} of 5") for i in range(1, 6)}
+    files[TEST_BATCH] = images(test_size, "testing batch 1 of 1")
+    files[META] = {
+        b"num_cases_per_batch": per_batch,
+        b"label_names": [n.encode() for n in names],
+        b"num_vis": 3072,
+    }
+    blobs = {name: pickle.dumps(obj, protocol=2) for name, obj in files.items()}
+    out = Path(path)
+    if extracted:
+        folder = out / FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, blob in blobs.items():
+            (folder / name).write_bytes(blob)
+        return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out, "w:gz") as tar:
+        for name, blob in blobs.items():
+            info = tarfile.TarInfo(f"{FOLDER}/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return str(out)

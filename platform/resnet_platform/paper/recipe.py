@@ -1,0 +1,178 @@
+"""The paper's CIFAR-10 recipe (section 4.2) on the platform's Ray Train / checkpoint / MLflow path.
+
+Batch 128, lr 0.1, momentum 0.9, weight decay 1e-4, lr divided by 10 at 32k and 48k iterations,
+stop at 64k; 4-pixel zero padding + random 32x32 crop + horizontal flip; ResNet-110 (and deeper)
+starts at lr 0.01 until the training error is below 80%. Iterations become epochs with
+``steps = ceil(train_rows / batch)``: on the 50k training set 391 steps per epoch, so 32k/48k/64k
+iterations are epochs 82/123/164 (on the 45k split: 352 steps, epochs 91/136/182). With ``epochs``
+given, the milestones keep their places at 1/2 and 3/4 of training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from resnet_platform.data.cifar import VAL_SIZE, Cifar10, cifar_datasets, read_cifar10
+from resnet_platform.models import build_model, get_spec
+from resnet_platform.train.config import TrainConfig
+from resnet_platform.train.loop import NORMALIZATION_STATS
+from resnet_platform.train.runner import TrainingOutcome, run_training
+
+from .responses import LayerResponses, layer_responses, plot_layer_responses
+
+log = logging.getLogger(__name__)
+
+PAPER_ITERATIONS = 64_000
+PAPER_MILESTONES = (32_000, 48_000)
+CIFAR_RECIPE = dict(
+    image_size=32,
+    batch_size=128,
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=1e-4,
+    lr_schedule="step",
+    lr_gamma=0.1,
+    augmentation="pad-crop",
+    normalization="cifar10",
+    shuffle_buffer=0,  # the ids are fully reshuffled every epoch already
+    experiment="resnet-cifar10",
+)
+
+
+def steps_per_epoch(train_rows: int, batch_size: int) -> int:
+    return math.ceil(train_rows / batch_size)
+
+
+def schedule_in_epochs(
+    train_rows: int,
+    batch_size: int,
+    iterations: int = PAPER_ITERATIONS,
+    milestones: tuple[int, ...] = PAPER_MILESTONES,
+) -> tuple[int, tuple[int, ...]]:
+    """(epochs, milestone epochs) closest to the given iteration counts."""
+    steps = steps_per_epoch(train_rows, batch_size)
+    return max(1, round(iterations / steps)), tuple(max(1, round(m / steps)) for m in milestones)
+
+
+def cifar_config(
+    data: str,
+    *,
+    train_rows: int,
+    arch: str = "cifar_resnet20",
+    iterations: int = PAPER_ITERATIONS,
+    milestones: tuple[int, ...] = PAPER_MILESTONES,
+    epochs: int | None = None,
+    **overrides,
+) -> TrainConfig:
+    """A TrainConfig with the paper's CIFAR recipe; ``overrides`` are TrainConfig fields."""
+    values = dict(CIFAR_RECIPE, data=data, arch=arch)
+    values.update(overrides)
+    if epochs is None:
+        epochs, ms = schedule_in_epochs(train_rows, values["batch_size"], iterations, milestones)
+    else:
+        ms = tuple(max(1, round(epochs * m / iterations)) for m in milestones)
+    values.setdefault("epochs", epochs)
+    values.setdefault("lr_milestones", ms)
+    spec = get_spec(arch)
+    if spec.depth >= 110:  # "0.1 is slightly too large to start converging" (section 4.2)
+        values.setdefault("error_warmup_lr", 0.01)
+    return TrainConfig(**values)
+
+
+@dataclass
+class CifarRun:
+    outcome: TrainingOutcome
+    config: TrainConfig
+    params: int
+    test_error: float  # final epoch's (val = test), or the best-by-validation checkpoint's (45k/5k split)
+    responses: LayerResponses | None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def history(self) -> list[dict]:
+        return self.outcome.history
+
+    @property
+    def train_error(self) -> float:
+        return float(self.outcome.final.get("train_top1_error", float("nan")))
+
+
+def _best_model(outcome: TrainingOutcome):
+    from resnet_platform.train.checkpoint import load_checkpoint, load_model_config
+
+    if outcome.best_checkpoint is None:
+        return None
+    with outcome.best_checkpoint.as_directory() as directory:
+        state = load_checkpoint(directory)
+        model_config = load_model_config(directory)
+    model = build_model(model_config["arch"], model_config["num_classes"], **model_config["options"])
+    model.load_state_dict(state["model"])
+    return model
+
+
+def train_cifar(
+    data: str,
+    *,
+    val_split: bool = False,
+    track: bool = True,
+    cifar: Cifar10 | None = None,
+    measure_responses: bool = True,
+    iterations: int = PAPER_ITERATIONS,
+    milestones: tuple[int, ...] = PAPER_MILESTONES,
+    epochs: int | None = None,
+    **overrides,
+) -> CifarRun:
+    """Read the archive at ``data``, train with the CIFAR recipe, then measure the best checkpoint
+    on the test set (error and Figure 7's layer responses), logged to the run's MLflow run."""
+    from resnet_platform.train.main import MlflowTracker
+
+    cifar = cifar if cifar is not None else read_cifar10(data)
+    n_val = VAL_SIZE if val_split else 0
+    config = cifar_config(
+        data,
+        train_rows=len(cifar.train_labels) - n_val,
+        iterations=iterations,
+        milestones=milestones,
+        epochs=epochs,
+        **overrides,
+    )
+    tracker = MlflowTracker(config.tracking_uri) if track else None
+    if tracker is not None:
+        config = replace(config, tracking_uri=tracker.tracking_uri)
+    datasets = cifar_datasets(
+        cifar, val_split=val_split, seed=config.seed or 0, augment=config.augmentation == "pad-crop"
+    )
+    outcome = run_training(config, tracker=tracker, datasets=datasets, manifest=cifar.manifest(n_val))
+    model = _best_model(outcome)
+    params = sum(p.numel() for p in build_model(config.arch, len(cifar.classes)).parameters())
+    responses = None
+    if model is not None and (measure_responses or val_split):
+        mean, std = NORMALIZATION_STATS[config.normalization]
+        responses = layer_responses(model, cifar.test_images, cifar.test_labels, mean=mean, std=std)
+    if val_split:
+        test_error = responses.error if responses is not None else float("nan")
+    else:
+        test_error = float(outcome.final.get("val_top1_error", float("nan")))
+    run = CifarRun(outcome, config, params, test_error, responses)
+    if tracker is not None and outcome.mlflow_run_id:
+        _log_extras(config.tracking_uri, outcome.mlflow_run_id, run)
+    return run
+
+
+def _log_extras(tracking_uri: str, run_id: str, run: CifarRun) -> None:
+    from resnet_platform.tracking.worker_logger import RunLogger
+
+    with RunLogger(tracking_uri, run_id) as logger, tempfile.TemporaryDirectory() as tmp:
+        step = int(run.outcome.final.get("step", 0))
+        # The run's epochs are logged already (log_epoch would skip): plain metrics at the last step.
+        for key, value in (("test_top1_error", run.test_error), ("params", float(run.params))):
+            if math.isfinite(value):
+                logger.client.log_metric(run_id, key, value, step=step)
+        if run.responses is not None:
+            logger.log_dict(run.responses.to_dict(), "layer_responses.json")
+            png = plot_layer_responses({run.config.arch: run.responses}, Path(tmp) / "layer_responses.png")
+            logger.log_figure(png, "layer_responses.png")
