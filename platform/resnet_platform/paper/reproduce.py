@@ -1,0 +1,183 @@
+"""Plain against residual CIFAR nets as a Ray Tune grid: Table 6, Figure 6 and Figure 7.
+
+One Tune trial per net (a function trainable that runs :func:`recipe.train_cifar`, which fits its own
+TorchTrainer: ``Tuner(TorchTrainer)`` is refused by Ray 2.60). Each trial is a tracked MLflow run;
+the driver then writes ``table6.md``, ``figure6.png``, ``figure7.png`` and ``results.json`` to the
+output folder and logs them to one summary MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resnet_platform.models import get_spec
+
+from .responses import plot_layer_responses
+from .tables import TrialResult, degradation_summary, plot_figure6, table6_markdown
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReproduceConfig:
+    data: str  # CIFAR-10 archive or folder, path or URI
+    depths: tuple[int, ...] = (20, 32, 44, 56)
+    families: tuple[str, ...] = ("plain", "resnet")
+    epochs: int | None = None  # None: the paper's 64k iterations
+    val_split: bool = False
+    batch_size: int = 128
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    max_concurrent_trials: int = 1
+    seed: int | None = 0
+    storage: str = "runs"
+    name: str | None = None
+    output: str = "paper-results"
+    experiment: str = "resnet-cifar10-paper"
+    tracking_uri: str | None = None
+    track: bool = True
+
+    @property
+    def archs(self) -> list[str]:
+        archs = [
+            f"cifar_{'resnet' if f == 'resnet' else 'plain'}{d}" for f in self.families for d in self.depths
+        ]
+        for arch in archs:
+            get_spec(arch)
+        return archs
+
+
+@dataclass
+class ReproduceOutcome:
+    results: list[TrialResult]
+    files: dict[str, str]
+    summary_run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def reproduce_trial(params: dict[str, Any]) -> None:
+    """The Tune function trainable: train one net and report what the tables need (as JSON)."""
+    from ray import tune
+
+    from .recipe import train_cifar
+
+    cfg = ReproduceConfig(**params["reproduce"])
+    arch = params["arch"]
+    run = train_cifar(
+        cfg.data,
+        val_split=cfg.val_split,
+        track=cfg.track,
+        epochs=cfg.epochs,
+        arch=arch,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        use_gpu=cfg.use_gpu,
+        cpus_per_worker=cfg.cpus_per_worker,
+        seed=cfg.seed,
+        storage=f"{cfg.storage.rstrip('/')}/{cfg.name}",
+        name=arch,
+        experiment=cfg.experiment,
+        tracking_uri=cfg.tracking_uri,
+    )
+    result = TrialResult(
+        arch=arch,
+        params=run.params,
+        test_error=run.test_error,
+        train_error=run.train_error,
+        history=[
+            {k: h[k] for k in ("epoch", "step", "train_top1_error", "val_top1_error")} for h in run.history
+        ],
+        responses=run.responses.to_dict() if run.responses is not None else None,
+        mlflow_run_id=run.outcome.mlflow_run_id,
+    )
+    tune.report({"test_error": run.test_error, "result_json": json.dumps(asdict(result))})
+
+
+def reproduce(cfg: ReproduceConfig) -> ReproduceOutcome:
+    from dataclasses import replace
+
+    from ray import tune
+
+    from resnet_platform import storage
+    from resnet_platform.train.runner import ensure_ray
+
+    name = cfg.name or f"paper-{time.strftime('%Y%m%d-%H%M%S')}"
+    store = cfg.storage if "://" in cfg.storage else os.path.abspath(cfg.storage)
+    data = cfg.data if "://" in cfg.data else os.path.abspath(cfg.data)
+    tracking_uri = None
+    if cfg.track:
+        from resnet_platform.tracking.runs import resolve_tracking_uri
+
+        tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
+    cfg = replace(cfg, name=name, storage=store, data=data, tracking_uri=tracking_uri)
+    ensure_ray()
+    fs, root = storage.resolve(store)
+    tuner = tune.Tuner(
+        tune.with_resources(reproduce_trial, {"CPU": 0.01}),
+        param_space={"arch": tune.grid_search(cfg.archs), "reproduce": asdict(cfg)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
+        run_config=tune.RunConfig(name=f"{name}-tune", storage_path=root, storage_filesystem=fs, verbose=1),
+    )
+    grid = tuner.fit()
+    results, failed = [], []
+    for r in grid:
+        if r.error is not None or "result_json" not in (r.metrics or {}):
+            failed.append(f"{r.config.get('arch')}: {r.error}")
+            continue
+        results.append(TrialResult(**json.loads(r.metrics["result_json"])))
+    if failed:
+        raise RuntimeError("trials failed: " + "; ".join(failed))
+    return write_outputs(cfg, results)
+
+
+def write_outputs(cfg: ReproduceConfig, results: list[TrialResult]) -> ReproduceOutcome:
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    schedule = f"{cfg.epochs} epochs" if cfg.epochs else "64k iterations"
+    note = (
+        f"Ours: {schedule}, batch {cfg.batch_size}, {'45k/5k split' if cfg.val_split else 'test set as validation'}; "
+        + degradation_summary(results)
+    )
+    files = {
+        "table6.md": out / "table6.md",
+        "figure6.png": plot_figure6(results, out / "figure6.png"),
+        "results.json": out / "results.json",
+    }
+    files["table6.md"].write_text(table6_markdown(results, note=note))
+    files["results.json"].write_text(json.dumps([asdict(r) for r in results], indent=1))
+    responses = {
+        r.label: r.responses for r in sorted(results, key=lambda r: (r.residual, r.depth)) if r.responses
+    }
+    if responses:
+        files["figure7.png"] = plot_layer_responses(responses, out / "figure7.png")
+    summary_run_id = None
+    if cfg.track:
+        from resnet_platform.tracking.runs import end_run, start_run
+        from resnet_platform.tracking.worker_logger import RunLogger
+
+        summary_run_id = start_run(
+            cfg.tracking_uri,
+            cfg.experiment,
+            f"{cfg.name}-summary",
+            {
+                "depths": ",".join(map(str, cfg.depths)),
+                "families": ",".join(cfg.families),
+                "epochs": cfg.epochs,
+            },
+            {"paper.role": "summary"},
+        )
+        with RunLogger(cfg.tracking_uri, summary_run_id) as logger:
+            for path in files.values():
+                logger.log_artifact_file(path)
+            for r in results:
+                logger.client.log_metric(summary_run_id, f"test_error_{r.arch}", r.test_error)
+                logger.client.log_metric(summary_run_id, f"train_error_{r.arch}", r.train_error)
+        end_run(cfg.tracking_uri, summary_run_id)
+    return ReproduceOutcome(results, {k: str(v) for k, v in files.items()}, summary_run_id)
