@@ -121,8 +121,8 @@ def asha_sweep(digits_shards, ray_local, mlflow_server, tmp_path_factory):
     """4 trials (2 depths x a good and a diverging lr), one at a time so ASHA compares in order."""
     storage = tmp_path_factory.mktemp("sweeps")
     config = SweepConfig(
-        base=base_config(digits_shards, storage, mlflow_server.uri),
-        space=SearchSpace(archs=("cifar_resnet20", "cifar_plain20"), lrs=(0.1, 5.0)),
+        base=base_config(digits_shards, storage, mlflow_server.uri, batch_size=32),
+        space=SearchSpace(archs=("cifar_resnet20", "cifar_plain20"), lrs=(0.05, 5.0)),
         name="asha",
         grace_epochs=1,
         reduction_factor=2,
@@ -141,14 +141,14 @@ def test_sweep_completes_and_asha_stops_bad_trials(asha_sweep):
     assert not asha_sweep.interrupted
     assert len(rows) == 4 and all(r.status == "TERMINATED" for r in rows), rows
     assert {(r.arch, r.lr) for r in rows} == {
-        (a, lr) for a in ("cifar_resnet20", "cifar_plain20") for lr in (0.1, 5.0)
+        (a, lr) for a in ("cifar_resnet20", "cifar_plain20") for lr in (0.05, 5.0)
     }
     stopped = [r for r in rows if r.stopped_early]
     assert stopped, rows
     assert all(r.epochs_run == 1 for r in stopped)
     assert all(r.epochs_run == 2 for r in rows if not r.stopped_early)
     # The diverging learning rate never wins; the best trial is a good one that ran to the end.
-    assert asha_sweep.best.lr == 0.1 and not asha_sweep.best.stopped_early
+    assert asha_sweep.best.lr == 0.05 and not asha_sweep.best.stopped_early
     assert asha_sweep.best.best_val_top1_error < 0.5
     # Trial storage: one Train run per trial, checkpoints included.
     trials_dir = Path(asha_sweep.path) / "trials"
@@ -207,7 +207,7 @@ def _sweep_cmd(data: str, storage: Path, tracking_uri: str, *extra: str) -> list
         str(REPO / "jobs" / "sweep_resnet.py"),
         *f"--data {data} --archs cifar_resnet20 --lrs 0.05,0.1 --epochs 2 --image-size 32 "
         f"--augmentation none --batch-size 64 --workers-per-trial 1 --cpus-per-worker 0.5 "
-        f"--max-concurrent 1 --seed 0 --name interrupted --experiment sweeps-resume-test".split(),
+        f"--max-concurrent 1 --grace-epochs 2 --seed 0 --name interrupted --experiment sweeps-resume-test".split(),
         "--storage",
         str(storage),
         "--tracking-uri",

@@ -20,6 +20,7 @@ table and the error-vs-learning-rate plot on the parent.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -308,8 +309,10 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
                     mode=MODE,
                     scheduler=_scheduler(config),
                     num_samples=config.space.samples,
-                    max_concurrent_trials=config.max_concurrent,
-                    search_alg=BasicVariantGenerator(random_state=config.search_seed),
+                    # Tune ignores max_concurrent_trials when given a BasicVariantGenerator: set it here.
+                    search_alg=BasicVariantGenerator(
+                        max_concurrent=config.max_concurrent, random_state=config.search_seed
+                    ),
                 ),
                 run_config=tune.RunConfig(
                     name=name,
@@ -430,6 +433,11 @@ def _best_checkpoint(fs: pafs.FileSystem, trials_uri: str, row: TrialRow):
     return ray.train.Checkpoint(path=path, filesystem=fs)
 
 
+def _as_dict(value) -> dict:
+    """A checkpoint stores its config as a dict or as JSON text."""
+    return json.loads(value) if isinstance(value, str) else dict(value)
+
+
 def _log_best_model(tracking_uri, fs, trials_uri, outcome: SweepOutcome, register_as, manifest, base):
     """Log the best trial's model (weights + architecture) into its child run; register it if asked."""
     from resnet_platform.train.checkpoint import load_checkpoint
@@ -444,7 +452,9 @@ def _log_best_model(tracking_uri, fs, trials_uri, outcome: SweepOutcome, registe
     with checkpoint.as_directory() as directory:
         state = load_checkpoint(directory)
     config = replace(
-        TrainConfig.from_dict(state["config"]), register_as=register_as, mlflow_run_id=best.mlflow_run_id
+        TrainConfig.from_dict(_as_dict(state["config"])),
+        register_as=register_as,
+        mlflow_run_id=best.mlflow_run_id,
     )
     history = list(state["history"])
     best_metrics = next(
