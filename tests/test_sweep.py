@@ -121,10 +121,10 @@ def asha_sweep(digits_shards, ray_local, mlflow_server, tmp_path_factory):
     """4 trials (2 depths x a good and a diverging lr), one at a time so ASHA compares in order."""
     storage = tmp_path_factory.mktemp("sweeps")
     config = SweepConfig(
-        base=base_config(digits_shards, storage, mlflow_server.uri, batch_size=32),
+        base=base_config(digits_shards, storage, mlflow_server.uri, epochs=3),
         space=SearchSpace(archs=("cifar_resnet20", "cifar_plain20"), lrs=(0.05, 5.0)),
         name="asha",
-        grace_epochs=1,
+        grace_epochs=2,  # one rung, at epoch 2: after 1 epoch even good trials validate near chance here
         reduction_factor=2,
         max_concurrent=1,
         register_best="sweep-best",
@@ -145,8 +145,8 @@ def test_sweep_completes_and_asha_stops_bad_trials(asha_sweep):
     }
     stopped = [r for r in rows if r.stopped_early]
     assert stopped, rows
-    assert all(r.epochs_run == 1 for r in stopped)
-    assert all(r.epochs_run == 2 for r in rows if not r.stopped_early)
+    assert all(r.epochs_run == 2 for r in stopped)
+    assert all(r.epochs_run == 3 for r in rows if not r.stopped_early)
     # The diverging learning rate never wins; the best trial is a good one that ran to the end.
     assert asha_sweep.best.lr == 0.05 and not asha_sweep.best.stopped_early
     assert asha_sweep.best.best_val_top1_error < 0.5
