@@ -1,4 +1,5 @@
-"""infra/local/start-cluster.sh and stop-cluster.sh: a two-node Ray cluster, S3 and MLflow on 127.0.0.1.
+"""infra/local/start-cluster.sh and stop-cluster.sh: a two-node Ray cluster, S3 and MLflow on 127.0.0.1,
+and the README's `ray job submit` commands run against it end to end (one cluster start for both).
 
 The driver runs in a subprocess: this pytest process may already hold the session's in-process Ray.
 """
@@ -94,8 +95,57 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _submit(cluster_env: dict[str, str], *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ray", "job", "submit", "--address", cluster_env["RAY_API_SERVER_ADDRESS"], "--working-dir", ".", "--",
+         *command],
+        env=cluster_env, cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
+def _prepare_train_register(env: dict[str, str], digits_root: Path) -> None:
+    """`ray job submit` of prepare_imagenet.py and train_imagenet.py against the local cluster: the
+    checkpoint must land in the bucket and the model version in the registry. Image decoding is
+    held to the data node (--data-node-resource)."""
+    from mlflow import MlflowClient
+
+    bucket = env["LOCAL_BUCKET"]
+    data = f"s3://{bucket}/datasets/digits"
+    prepared = _submit(
+        env, "python", "jobs/prepare_imagenet.py", "--source", str(digits_root), "--output", data,
+        "--shard-size-mb", "0.25",
+    )  # fmt: skip
+    assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-2000:]
+    trained = _submit(
+        env, "python", "jobs/train_imagenet.py", "--data", data, "--arch", "cifar_resnet20", "--image-size", "32",
+        "--epochs", "1", "--batch-size", "64", "--lr", "0.1", "--augmentation", "none", "--num-workers", "2",
+        "--cpus-per-worker", "0.5", "--data-node-resource", env["LOCAL_DATA_RESOURCE"],
+        "--storage", f"s3://{bucket}/runs", "--name", "e2e", "--experiment", "e2e", "--register-as", "digits-e2e",
+    )  # fmt: skip
+    output = trained.stdout + trained.stderr
+    assert trained.returncode == 0, output[-4000:]
+    assert "succeeded" in output.lower()
+    assert "registered model version: 1" in output
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_REGION"],
+    )
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/e2e/").get("Contents", [])]
+    assert "runs/e2e/checkpoint_epoch_0001/state.pt" in keys, keys
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    versions = client.search_model_versions("name='digits-e2e'")
+    assert [v.version for v in versions] == ["1"]
+    run = client.get_run(versions[0].run_id)
+    assert run.data.tags["data"] == data and run.info.status == "FINISHED"
+    assert "val_top1_error" in run.data.metrics
+
+
 @pytest.mark.slow
-def test_local_cluster_start_run_stop(tmp_path):
+def test_local_cluster_start_run_stop(tmp_path, digits_folder):
     state = tmp_path / "state"
     ports = {
         "LOCAL_RAY_PORT": free_port(),
@@ -188,6 +238,9 @@ def test_local_cluster_start_run_stop(tmp_path):
         )  # fmt: skip
         assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
         assert f"ENV {s3} {mlflow}" in job.stdout
+
+        # The README's commands, literally: prepare into the bucket, then train from it, as jobs.
+        _prepare_train_register(cluster_env, digits_folder.root)
     finally:
         stopped = subprocess.run([str(LOCAL / "stop-cluster.sh")], env=env, capture_output=True, text=True)
 

@@ -19,12 +19,6 @@ from resnet_platform.tune.cli import build_parser, config_from_args
 from resnet_platform.tune.results import TrialRow, format_table, plot_error_vs_lr, to_csv, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
-# Seen here: the first trial of a sweep trains and reports, the second trial's Train worker starts and then
-# never finishes an epoch (a resource or Ray Data hang not yet diagnosed). Until it is fixed, the real
-# sweeps are skipped so the suite cannot hang; remove this to work on it.
-SECOND_TRIAL_HANGS = pytest.mark.skip(
-    reason="issue 6: second trial of a sweep hangs on 2 cores (undiagnosed)"
-)
 
 
 def base_config(data: str, storage: Path, tracking_uri: str | None = None, **overrides) -> TrainConfig:
@@ -142,7 +136,6 @@ def asha_sweep(digits_shards, ray_local, mlflow_server, tmp_path_factory):
 
 
 @pytest.mark.slow
-@SECOND_TRIAL_HANGS
 def test_sweep_completes_and_asha_stops_bad_trials(asha_sweep):
     rows = asha_sweep.rows
     assert not asha_sweep.interrupted
@@ -164,7 +157,6 @@ def test_sweep_completes_and_asha_stops_bad_trials(asha_sweep):
 
 
 @pytest.mark.slow
-@SECOND_TRIAL_HANGS
 def test_sweep_parent_and_child_runs_in_mlflow(asha_sweep, mlflow_server):
     from resnet_platform.tracking.runs import client_for
 
@@ -225,7 +217,6 @@ def _sweep_cmd(data: str, storage: Path, tracking_uri: str, *extra: str) -> list
 
 
 @pytest.mark.slow
-@SECOND_TRIAL_HANGS
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     digits_shards, ray_local, mlflow_server, tmp_path
 ):

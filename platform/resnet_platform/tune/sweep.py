@@ -7,6 +7,11 @@ every epoch's report (rank 0's metrics) to Tune, where ASHA compares ``val_top1_
 and stops the worse trials. A trial itself holds almost no resources (``CPU: 0.01``); its Train
 workers reserve theirs, so ``max_concurrent`` x ``workers_per_trial`` must fit the cluster.
 
+Ray must run its dashboard (``ray[default]``; the default of ``ray start`` and ``ray.init``): when ASHA
+stops a trial, or it reaches ``max_t``, Tune kills the trial's actor and with it the TrainController,
+and only Ray Train's placement-group cleaner, which asks the dashboard's state API, frees the
+worker group's reserved CPUs. Without it (``include_dashboard=False``) the next trial waits forever.
+
 Storage, under ``<storage>/<name>``: Tune's experiment state (what ``--resume`` restores, finished
 trials are not rerun) and ``trials/<trial id>``, each trial's Ray Train run with its checkpoints (an
 interrupted trial continues from its latest one).
