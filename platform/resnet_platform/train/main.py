@@ -15,6 +15,7 @@ from resnet_platform.data.manifest import Manifest
 
 from .checkpoint import load_checkpoint, load_model_config
 from .config import TrainConfig
+from .loop import NORMALIZATION_STATS
 from .runner import TrainingOutcome, run_training
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,12 @@ class MlflowTracker:
                     class_names=manifest.class_names,
                     wnids=manifest.classes,
                     image_size=config.image_size,
-                    resize_size=round(config.image_size * 256 / 224),
+                    # CIFAR-style eval takes the whole image; ImageNet-style resizes to 256/224 first.
+                    resize_size=config.image_size
+                    if config.augmentation == "pad-crop"
+                    else round(config.image_size * 256 / 224),
+                    mean=NORMALIZATION_STATS[config.normalization][0],
+                    std=NORMALIZATION_STATS[config.normalization][1],
                 )
                 metrics = {
                     k: outcome.best_metrics[k]
