@@ -9,6 +9,7 @@ Everything goes through ``MlflowClient(tracking_uri)``: no active run, no global
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -28,7 +29,7 @@ from PIL import Image
 
 from .inference import DEFAULT_K, INPUT_COLUMN, ModelSpec, Preprocess, normalize_state_dict
 from .params import MAX_TAG_VALUE_LENGTH, redact, to_str
-from .runs import client_for
+from .runs import client_for, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,16 @@ def save_resnet_model(
         )
 
 
+@contextlib.contextmanager
+def _global_tracking_uri(uri: str):
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def log_resnet_model(
     tracking_uri: str | None,
     run_id: str,
@@ -167,9 +178,12 @@ def log_resnet_model(
         except MlflowException as e:
             if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
-        mv = client.create_model_version(
-            registered_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=model.model_id
-        )
+        # MLflow 3.17's registry looks the "models:/m-..." source up through the process-wide
+        # tracking URI, not this client's: point it at this store for the call only.
+        with _global_tracking_uri(resolve_tracking_uri(tracking_uri)):
+            mv = client.create_model_version(
+                registered_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=model.model_id
+            )
         info.registered_name, info.version = registered_name, str(mv.version)
         log.info("registered %s version %s", registered_name, mv.version)
     return info

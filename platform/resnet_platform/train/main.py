@@ -29,11 +29,6 @@ class MlflowTracker:
 
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.run_id: str | None = None
-        # MLflow's registry resolves "models:/m-..." sources through the process-wide tracking URI.
-        import mlflow
-
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
 
     def open(self, config: TrainConfig, manifest: Manifest) -> str:
         from resnet_platform.tracking.runs import find_run, start_run

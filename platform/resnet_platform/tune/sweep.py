@@ -206,13 +206,36 @@ def _find_parent_run(tracking_uri: str, experiment: str, name: str, path: str) -
     return runs[0].info.run_id if runs else None
 
 
+class _InterruptWatch(logging.Handler):
+    """Notices Tune's "Stop signal received" warning: ``Tuner.fit`` returns normally after a Ctrl-C
+    and reports the trials it stopped as TERMINATED, so this is how the sweep knows it was cut short."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.interrupted = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Stop signal received" in record.getMessage() or "has been interrupted" in record.getMessage():
+            self.interrupted = True
+
+    def __enter__(self) -> _InterruptWatch:
+        logging.getLogger("ray.tune").addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("ray.tune").removeHandler(self)
+
+
 def _scheduler(config: SweepConfig):
     from ray.tune.schedulers import ASHAScheduler
 
     # time_attr "epoch": a trial restarted from a checkpoint goes on counting where it left off.
     return ASHAScheduler(
         time_attr="epoch",
-        max_t=config.base.epochs,
+        # One past the last epoch: at max_t ASHA answers STOP and Tune kills the trial's actor before
+        # its run can close its MLflow child run and its Train worker group; a trial that trains all
+        # its epochs should end by returning.
+        max_t=config.base.epochs + 1,
         grace_period=config.grace_epochs,
         reduction_factor=config.reduction_factor,
     )
@@ -327,13 +350,16 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
                     verbose=1,
                 ),
             )
-        grid = tuner.fit()
+        with _InterruptWatch() as watch:
+            grid = tuner.fit()
     except BaseException:
         end_run(tracking_uri, parent_run_id, "FAILED")
         raise
 
     trials = list(grid._experiment_analysis.trials)
     unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    if watch.interrupted:  # Tune marks the trials it stopped on Ctrl-C as TERMINATED
+        unfinished = unfinished or [t.trial_id for t in trials]
     rows = collect_rows(trials, list(grid), base)
     children = find_child_runs(tracking_uri, base.experiment, parent_run_id)
     for row in rows:
