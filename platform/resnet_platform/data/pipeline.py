@@ -216,10 +216,13 @@ def _decode_batch(
         labels.append(label)
         keys.append(key)
     if failed:
+        import ray
+
         counter = _skip_counter_class().options(
             name=skips_name, namespace=SKIPS_NAMESPACE, get_if_exists=True, lifetime="detached"
         )
-        counter.remote().record.remote(failed)
+        # Wait for the record: the report must hold every skip once the rows have been consumed.
+        ray.get(counter.remote().record.remote(failed))
     size = t.image_size
     shape = (10, size, size, 3) if (t.ten_crop and not train) else (size, size, 3)
     out = {
