@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -220,6 +221,8 @@ def test_kill_the_job_then_rerun_resumes(tmp_path):
     mtimes = {n: os.stat(out / r["shard"]["path"]).st_mtime_ns for n, r in done.items()}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"{len(done)} already complete" in result.stdout
+    # Ray's task processes can outlive the killed driver for a moment and finish a shard or two more.
+    reused = int(re.search(r"(\d+) already complete", result.stdout).group(1))
+    assert reused >= len(done), result.stdout
     assert {n: os.stat(out / r["shard"]["path"]).st_mtime_ns for n, r in done.items()} == mtimes
     check_round_trip(tree, str(out))

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -116,12 +117,19 @@ def save_resnet_model(
 
 @contextlib.contextmanager
 def _global_tracking_uri(uri: str):
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    """MLflow's process-wide tracking URI set to ``uri`` for a block, then put back exactly as it was:
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the environment."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        yield
+        with _use_tracking_uri(uri):
+            yield
     finally:
-        mlflow.set_tracking_uri(previous)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def log_resnet_model(
