@@ -157,11 +157,6 @@ def test_sweep_completes_and_asha_stops_bad_trials(asha_sweep):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open (issue 6): in the full suite one trial's child run ends FAILED instead of FINISHED; "
-    "not yet diagnosed, see the closing note",
-    strict=False,
-)
 def test_sweep_parent_and_child_runs_in_mlflow(asha_sweep, mlflow_server):
     from resnet_platform.tracking.runs import client_for
 

@@ -429,7 +429,9 @@ def _close_children(tracking_uri: str, rows: list[TrialRow]) -> None:
         status = client.get_run(row.mlflow_run_id).info.status
         if row.status == "ERROR":
             end_run(tracking_uri, row.mlflow_run_id, "FAILED")
-        elif status == "RUNNING":
+        elif status == "RUNNING" or (row.stopped_early and status == "FAILED"):
+            # ASHA's stop reaches the trial as an exception inside fit(), so its own tracker marked
+            # the run FAILED; being stopped early is a normal end of a trial.
             end_run(tracking_uri, row.mlflow_run_id, "FINISHED")
 
 
