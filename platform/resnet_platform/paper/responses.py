@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from resnet_platform.tracking.curves import save_png
+
 
 @dataclass
 class LayerResponses:
@@ -115,8 +117,4 @@ def plot_layer_responses(runs: Mapping[str, LayerResponses | Mapping], path: str
         ax.legend(fontsize=8)
     fig.suptitle("Std of 3x3 layer responses (after BN, before addition and ReLU)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from resnet_platform.models import get_spec
 from resnet_platform.models.registry import PAPER_CIFAR_PARAMS_M
+from resnet_platform.tracking.curves import save_png
 
 # Table 6, test error (%) of the ResNets (option A shortcuts, 45k/5k split, 64k iterations).
 PAPER_RESNET_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -123,11 +124,7 @@ def plot_figure6(results: Sequence[TrialResult], path: str | Path) -> Path:
             ax.legend()
     axes[0].set_ylabel("error (%)  (dashed: training, bold: test)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def results_from_dicts(rows: Sequence[Mapping]) -> list[TrialResult]:

@@ -84,6 +84,13 @@ def plot_error_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return save_png(fig, path)
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG (creating the folder) and free it: every plot ends here."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)

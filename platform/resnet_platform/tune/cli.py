@@ -4,15 +4,13 @@ job's data, storage and tracking flags (every other training setting keeps its p
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from resnet_platform.models import list_archs
+from resnet_platform.train.cli import DEFAULTS
 from resnet_platform.train.config import AUGMENTATIONS, LR_SCHEDULES, TrainConfig
 
 from .space import SearchSpace, parse_list
 from .sweep import SweepConfig
-
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from resnet_platform.tracking.curves import save_png
+
 
 @dataclass
 class TrialRow:
@@ -132,8 +134,4 @@ def plot_error_vs_lr(rows: list[TrialRow], path: str | Path, title: str | None =
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
