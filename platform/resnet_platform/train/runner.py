@@ -57,7 +57,7 @@ def ensure_ray() -> None:
     if not ray.is_initialized():
         if not sys.stderr.isatty():  # progress bars only on a terminal
             os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
 
 
 def run_exists(fs: pafs.FileSystem, path: str, name: str) -> bool:
