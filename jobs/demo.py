@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{layout.root}: {layout.train_images} train and {layout.val_images} val images, 10 classes")
 
     print("\n== 3. Prepare Parquet shards + manifest.json (jobs/prepare_imagenet.py) ==")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False
+    )
     shards = str(out / "digits-shards")
     print(prepare_imagenet(PrepareConfig(source=str(layout.root), output=shards, shard_size_mb=0.25)))
 

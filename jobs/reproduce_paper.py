@@ -21,6 +21,7 @@ from pathlib import Path
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
 from resnet_platform.paper.reproduce import ReproduceConfig, reproduce
+from resnet_platform.train.cli import add_data_path_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=1, help="DDP workers per net")
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
+    add_data_path_flags(p, decode=False)  # CIFAR rows are decoded already
     p.add_argument("--max-concurrent-trials", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage", default="runs")
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.num_workers,
             use_gpu=args.use_gpu,
             cpus_per_worker=args.cpus_per_worker,
+            data_node_label=args.data_node_label,
+            data_node_resource=args.data_node_resource,
             max_concurrent_trials=args.max_concurrent_trials,
             seed=args.seed,
             storage=args.storage,

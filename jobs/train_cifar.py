@@ -23,6 +23,7 @@ import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
 from resnet_platform.models import list_archs
 from resnet_platform.paper.recipe import CIFAR_RECIPE, PAPER_ITERATIONS, PAPER_MILESTONES, train_cifar
+from resnet_platform.train.cli import add_data_path_flags, data_path_values
 from resnet_platform.train.main import format_report
 
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
+    add_data_path_flags(p, decode=False)  # CIFAR rows are decoded already
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--storage", default="runs", help="where runs and checkpoints go (path or s3://)")
     p.add_argument("--name", default=None)
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             experiment=args.experiment,
             tracking_uri=args.tracking_uri,
             register_as=args.register_as,
+            **data_path_values(args),
         )
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

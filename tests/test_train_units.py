@@ -74,8 +74,8 @@ def test_no_bn_weight_decay_groups():
 def test_topk_counts():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.05, 0.15], [0.2, 0.3, 0.5]])
     labels = torch.tensor([1, 2, 0])
-    assert topk_correct(logits, labels, ks=(1, 2)) == [1, 2]
-    assert topk_correct(logits, labels, ks=(1, 5)) == [1, 3]  # k beyond the class count: all
+    assert topk_correct(logits, labels, ks=(1, 2)).tolist() == [1, 2]
+    assert topk_correct(logits, labels, ks=(1, 5)).tolist() == [1, 3]  # k beyond the class count: all
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 
 from resnet_platform.data.manifest import Manifest, SplitManifest
 from resnet_platform.data.pipeline import pad_crop_flip
+from resnet_platform.data.placement import DataPlacement
 from resnet_platform.storage import resolve
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -157,7 +158,9 @@ def _lookup(
     return {"image": out, "label": labels[ids].astype(np.int64)}
 
 
-def _dataset(images: np.ndarray, labels: np.ndarray, *, shuffle: bool, augment: bool, blocks: int):
+def _dataset(
+    images: np.ndarray, labels: np.ndarray, *, shuffle: bool, augment: bool, blocks: int, task_args: dict
+):
     import ray
     import ray.data
 
@@ -166,17 +169,25 @@ def _dataset(images: np.ndarray, labels: np.ndarray, *, shuffle: bool, augment: 
     if shuffle:
         ds = ds.random_shuffle()  # ids only: a full reshuffle per epoch costs next to nothing
     fn = functools.partial(_lookup, refs=refs, augment=augment, rng_seed=None)
-    ds = ds.map_batches(fn, batch_size=1024, batch_format="numpy")
+    ds = ds.map_batches(fn, batch_size=1024, batch_format="numpy", **task_args)
     if not shuffle:
         ds.context.execution_options.preserve_order = True
     return ds
 
 
 def cifar_datasets(
-    data: Cifar10, *, val_split: bool = False, seed: int = 0, augment: bool = True, blocks: int = 16
+    data: Cifar10,
+    *,
+    val_split: bool = False,
+    seed: int = 0,
+    augment: bool = True,
+    blocks: int = 16,
+    placement: DataPlacement | None = None,
 ) -> dict:
     """``{"train", "val"}`` Ray datasets; ``val`` is the test set, or 5k held out of the training set
-    (seeded) with ``val_split``. Training rows get pad-crop-flip when ``augment``."""
+    (seeded) with ``val_split``. Training rows get pad-crop-flip when ``augment``. ``placement``
+    holds the lookup and augmentation tasks on the data nodes."""
+    task_args = placement.task_args() if placement is not None else {}
     if val_split:
         train_idx, val_idx = split_train_val(len(data.train_labels), seed=seed)
         train = (data.train_images[train_idx], data.train_labels[train_idx])
@@ -185,8 +196,8 @@ def cifar_datasets(
         train = (data.train_images, data.train_labels)
         val = (data.test_images, data.test_labels)
     return {
-        "train": _dataset(*train, shuffle=True, augment=augment, blocks=blocks),
-        "val": _dataset(*val, shuffle=False, augment=False, blocks=blocks),
+        "train": _dataset(*train, shuffle=True, augment=augment, blocks=blocks, task_args=task_args),
+        "val": _dataset(*val, shuffle=False, augment=False, blocks=blocks, task_args=task_args),
     }
 
 

@@ -15,20 +15,21 @@ import functools
 import hashlib
 import io
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from resnet_platform.data import transforms
 from resnet_platform.data.manifest import Manifest, read_manifest
+from resnet_platform.data.placement import DataPlacement
+from resnet_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
 from resnet_platform.storage import join, resolve
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
+DECODE_MODES = ("cpu", "gpu")  # where JPEGs are decoded and cropped: data nodes, or the training device
 SKIPS_NAMESPACE = "resnet_platform"
 
 
@@ -49,7 +50,7 @@ class TransformConfig:
 
     @property
     def eval_resize(self) -> int:
-        return self.resize_size or round(self.image_size * 256 / 224)
+        return self.resize_size or transforms.eval_resize_of(self.image_size)
 
     @property
     def scale_range(self) -> tuple[int, int]:
@@ -65,53 +66,9 @@ def label_names(manifest: Manifest) -> list[str]:
 # ------------------------------------------------------------------------------------------- transforms
 
 
-def _rrc_box(
-    rng: np.random.Generator, w: int, h: int, scale: tuple[float, float], ratio: tuple[float, float]
-) -> tuple[float, float, float, float]:
-    """torchvision's RandomResizedCrop.get_params, as a (left, top, right, bottom) box."""
-    area = w * h
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        cw = int(round(math.sqrt(target * aspect)))
-        ch = int(round(math.sqrt(target / aspect)))
-        if 0 < cw <= w and 0 < ch <= h:
-            x = int(rng.integers(0, w - cw + 1))
-            y = int(rng.integers(0, h - ch + 1))
-            return x, y, x + cw, y + ch
-    in_ratio = w / h
-    if in_ratio < ratio[0]:
-        cw, ch = w, int(round(w / ratio[0]))
-    elif in_ratio > ratio[1]:
-        cw, ch = int(round(h * ratio[1])), h
-    else:
-        cw, ch = w, h
-    x, y = (w - cw) // 2, (h - ch) // 2
-    return x, y, x + cw, y + ch
-
-
-def _open(data: bytes, box: tuple[float, float, float, float], out: int) -> tuple[Image.Image, tuple]:
-    """Open a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that still gives ``box`` at least ``out``
-    pixels per side (PIL's draft mode), and return the box in that image's coordinates."""
+def _pil_open(data: bytes) -> Image.Image:
     im = Image.open(io.BytesIO(data))
-    w, h = im.size
-    bw, bh = box[2] - box[0], box[3] - box[1]
-    if im.format == "JPEG" and min(bw, bh) >= 2 * out:
-        im.draft("RGB", (math.ceil(w * out / bw), math.ceil(h * out / bh)))
-        sx, sy = im.size[0] / w, im.size[1] / h
-        box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return im, box
-
-
-def _center_box(w: int, h: int, resize: int, size: int) -> tuple[float, float, float, float]:
-    """Resize the shorter side to ``resize`` then center-crop ``size``: the crop in source pixels."""
-    f = resize / min(w, h)
-    cw, ch = min(size / f, w), min(size / f, h)
-    x, y = (w - cw) / 2, (h - ch) / 2
-    return x, y, x + cw, y + ch
+    return im.convert("RGB") if im.mode != "RGB" else im
 
 
 def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
@@ -130,40 +87,45 @@ def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) ->
 
 
 def transform_image(data: bytes, t: TransformConfig, train: bool, rng: np.random.Generator) -> np.ndarray:
-    """JPEG bytes -> uint8 HWC (or 10xHWC for ten-crop) with the configured transform."""
+    """Image bytes -> uint8 HWC (or 10xHWC for ten-crop) with the configured transform.
+
+    Random crops, evaluation crops and flips come from ``data/transforms.py``, shared with the GPU
+    decode path; CIFAR's pad-crop and the paper's 10-crop testing stay here (CPU only)."""
     size = t.image_size
     if t.augmentation == "pad-crop" and not t.ten_crop:
-        with Image.open(io.BytesIO(data)) as im:
-            whole = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+        whole = np.asarray(_pil_open(data).resize((size, size), Image.BILINEAR))
         return pad_crop_flip(whole[None], rng)[0] if train else whole
-    with Image.open(io.BytesIO(data)) as probe:
-        w, h = probe.size
-    flip = False
-    if train and t.augmentation == "rrc":
-        box = _rrc_box(rng, w, h, t.scale, t.ratio)
-        flip = rng.random() < 0.5
-    elif train and t.augmentation == "scale":
-        lo, hi = t.scale_range
-        f = int(rng.integers(lo, hi + 1)) / min(w, h)
-        rw, rh = max(size, round(w * f)), max(size, round(h * f))
-        x, y = int(rng.integers(0, rw - size + 1)), int(rng.integers(0, rh - size + 1))
-        fx, fy = rw / w, rh / h
-        box = (x / fx, y / fy, (x + size) / fx, (y + size) / fy)
-        flip = rng.random() < 0.5
-    elif t.ten_crop:
+    if t.ten_crop and not train:
+        im = _pil_open(data)
+        w, h = im.size
         f = t.eval_resize / min(w, h)
         rw, rh = max(size, round(w * f)), max(size, round(h * f))
-        im, box = _open(data, (0, 0, w, h), min(rw, rh))
-        full = np.asarray(im.resize((rw, rh), Image.BILINEAR, box=box))
+        full = np.asarray(im.resize((rw, rh), Image.BILINEAR))
         x, y = (rw - size) // 2, (rh - size) // 2
         corners = [(0, 0), (rw - size, 0), (0, rh - size), (rw - size, rh - size), (x, y)]
         crops = [full[b : b + size, a : a + size] for a, b in corners]
         return np.stack(crops + [c[:, ::-1] for c in crops])
-    else:  # eval, or train with augmentation="none": deterministic
-        box = _center_box(w, h, t.eval_resize, size)
-    im, box = _open(data, box, size)
-    out = np.asarray(im.resize((size, size), Image.BILINEAR, box=box))
-    return out[:, ::-1] if flip else out
+    image = transforms.decode_rgb(data)
+    crop = draw_crop_for(rng, image.shape[2], image.shape[1], t, train)
+    return transforms.crop_resize(image, crop, size).permute(1, 2, 0).numpy()
+
+
+def draw_crop_for(
+    rng: np.random.Generator, w: int, h: int, t: TransformConfig, train: bool
+) -> transforms.Crop:
+    """One image's crop under ``t``: the same draw on the CPU and GPU decode paths."""
+    return transforms.draw_crop(
+        rng,
+        w,
+        h,
+        augmentation=t.augmentation,
+        train=train,
+        image_size=t.image_size,
+        resize_size=t.eval_resize,
+        scale=t.scale,
+        ratio=t.ratio,
+        scale_range=t.scale_range,
+    )
 
 
 @functools.cache
@@ -201,9 +163,33 @@ def decode_failures(uri: str, split: str) -> list[dict]:
     return ray.get(actor.report.remote())
 
 
+@functools.cache
+def _one_thread() -> None:
+    """A decode task is one CPU's work: torch's intra-op threads would only fight the other tasks."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def record_skips(skips_name: str, failed: list[dict]) -> None:
+    """Add undecodable images to the split's skip report (a named actor, shared by every task)."""
+    import ray
+
+    counter = _skip_counter_class().options(
+        name=skips_name, namespace=SKIPS_NAMESPACE, get_if_exists=True, lifetime="detached"
+    )
+    # Wait for the record: the report must hold every skip once the rows have been consumed.
+    ray.get(counter.remote().record.remote(failed))
+
+
+def skips_name_of(uri: str, split: str) -> str:
+    return _skips_name(uri, split)
+
+
 def _decode_batch(
     batch: dict[str, np.ndarray], *, t: TransformConfig, train: bool, include_key: bool, skips_name: str
 ) -> dict[str, np.ndarray]:
+    _one_thread()
     rng = np.random.default_rng()
     images, labels, keys, failed = [], [], [], []
     for data, label, key in zip(batch["image"], batch["label"], batch["key"], strict=True):
@@ -216,13 +202,7 @@ def _decode_batch(
         labels.append(label)
         keys.append(key)
     if failed:
-        import ray
-
-        counter = _skip_counter_class().options(
-            name=skips_name, namespace=SKIPS_NAMESPACE, get_if_exists=True, lifetime="detached"
-        )
-        # Wait for the record: the report must hold every skip once the rows have been consumed.
-        ray.get(counter.remote().record.remote(failed))
+        record_skips(skips_name, failed)
     size = t.image_size
     shape = (10, size, size, 3) if (t.ten_crop and not train) else (size, size, 3)
     out = {
@@ -245,15 +225,17 @@ def build_split_dataset(
     batch_size: int = 64,
     num_cpus: float | None = None,
     concurrency: int | None = None,
-    node_resource: str | None = None,
+    placement: DataPlacement | None = None,
+    decode: str = "cpu",
 ):
     """A streaming Ray Dataset of one prepared split: rows ``{"image": uint8 HWC, "label": int64}``.
 
     ``train=True``: shard files and blocks are reshuffled on every execution (epoch); with ``seed``
     the sequence of orders is reproducible. ``train=False``: deterministic order. ``include_key``
     adds each row's source path (as strings, for inspection; not for ``iter_torch_batches``).
-    ``node_resource``: a custom resource only CPU data nodes advertise (e.g. ``data_cpu``); each read
-    and decode task asks for one unit of it, so image work stays off the GPU nodes.
+    ``placement``: every read and decode task runs on the CPU data nodes it names (``data/placement.py``).
+    ``decode="gpu"``: rows stay ``{"image": JPEG bytes, "label"}`` (the read is all the CPU does);
+    the training worker decodes and crops them on its device (``data/device_decode.py``).
     """
     import ray.data
     from ray.data import DataContext, FileShuffleConfig
@@ -263,6 +245,9 @@ def build_split_dataset(
         raise KeyError(f"{uri}: no split {split!r} (has {sorted(manifest.splits)})")
     if transform.ten_crop and train:
         raise ValueError("ten_crop is an evaluation transform: use it with train=False")
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {DECODE_MODES}, not {decode!r}")
+    task_args = placement.task_args() if placement is not None else {}
     fs, _ = resolve(uri)
     paths = [resolve(join(uri, s.path))[1] for s in manifest.splits[split].shards]
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if train else None
@@ -277,12 +262,13 @@ def build_split_dataset(
         ds = ray.data.read_parquet(
             paths,
             filesystem=fs,
-            columns=["image", "label", "key"],
+            # The GPU path reads only what the worker needs: no decode task, no keys.
+            columns=["image", "label", "key"] if decode == "cpu" or include_key else ["image", "label"],
             shuffle=shuffle,
             partitioning=None,
             file_extensions=None,
             override_num_blocks=len(paths),
-            **({"ray_remote_args": {"resources": {node_resource: 1}}} if node_resource else {}),
+            **task_args,
         )
     finally:
         if saved is not None:
@@ -290,17 +276,20 @@ def build_split_dataset(
     # No randomize_block_order(): in Ray 2.60 it is an all-to-all barrier that holds every read block
     # before the first decode. One read task per shard in a file order reshuffled every execution
     # gives the same new block order per epoch while streaming.
-    fn = functools.partial(
-        _decode_batch, t=transform, train=train, include_key=include_key, skips_name=_skips_name(uri, split)
-    )
-    kwargs = {}
+    kwargs = dict(task_args)
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     if concurrency is not None:
         kwargs["concurrency"] = concurrency
-    if node_resource:
-        kwargs["resources"] = {node_resource: 1}
-    ds = ds.map_batches(fn, batch_size=batch_size, batch_format="numpy", zero_copy_batch=True, **kwargs)
+    if decode == "cpu":
+        fn = functools.partial(
+            _decode_batch,
+            t=transform,
+            train=train,
+            include_key=include_key,
+            skips_name=_skips_name(uri, split),
+        )
+        ds = ds.map_batches(fn, batch_size=batch_size, batch_format="numpy", zero_copy_batch=True, **kwargs)
     if not train:
         ds.context.execution_options.preserve_order = True
     return ds

@@ -328,7 +328,12 @@ def prepare_imagenet(
             fs.delete_file(path)  # the data set changes: it is incomplete until the new manifest lands
         started_ray = not ray.is_initialized()
         if started_ray:
-            ray.init(address=os.environ.get("RAY_ADDRESS") or "local", num_cpus=config.num_cpus, configure_logging=False, log_to_driver=False)
+            ray.init(
+                address=os.environ.get("RAY_ADDRESS") or "local",
+                num_cpus=config.num_cpus,
+                configure_logging=False,
+                log_to_driver=False,
+            )
         progress = _Progress(len(specs), config.progress)
         for record in records.values():
             progress.update(record["shard"]["rows"])

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from resnet_platform.data.cifar import VAL_SIZE, Cifar10, cifar_datasets, read_cifar10
+from resnet_platform.data.transforms import NORMALIZATION_STATS
 from resnet_platform.models import build_model, get_spec
 from resnet_platform.train.config import TrainConfig
-from resnet_platform.train.loop import NORMALIZATION_STATS
 from resnet_platform.train.runner import TrainingOutcome, run_training
 
 from .responses import LayerResponses, layer_responses, plot_layer_responses
@@ -144,7 +144,11 @@ def train_cifar(
     if tracker is not None:
         config = replace(config, tracking_uri=tracker.tracking_uri)
     datasets = cifar_datasets(
-        cifar, val_split=val_split, seed=config.seed or 0, augment=config.augmentation == "pad-crop"
+        cifar,
+        val_split=val_split,
+        seed=config.seed or 0,
+        augment=config.augmentation == "pad-crop",
+        placement=config.placement,
     )
     outcome = run_training(config, tracker=tracker, datasets=datasets, manifest=cifar.manifest(n_val))
     model = _best_model(outcome)

@@ -35,6 +35,8 @@ class ReproduceConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
+    data_node_label: str | None = None  # see data/placement.py
+    data_node_resource: str | None = None
     max_concurrent_trials: int = 1
     seed: int | None = 0
     storage: str = "runs"
@@ -80,6 +82,8 @@ def reproduce_trial(params: dict[str, Any]) -> None:
         num_workers=cfg.num_workers,
         use_gpu=cfg.use_gpu,
         cpus_per_worker=cfg.cpus_per_worker,
+        data_node_label=cfg.data_node_label,
+        data_node_resource=cfg.data_node_resource,
         seed=cfg.seed,
         storage=f"{cfg.storage.rstrip('/')}/{cfg.name}",
         name=arch,

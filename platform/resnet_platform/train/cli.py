@@ -7,10 +7,45 @@ import dataclasses
 
 from resnet_platform.models import list_archs
 
-from .config import AMP_MODES, AUGMENTATIONS, LR_SCHEDULES, TrainConfig
+from .config import AMP_MODES, AUGMENTATIONS, DECODE_MODES, LR_SCHEDULES, TrainConfig
 
 # Field defaults, read without building (and validating) a config.
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def add_data_path_flags(group, *, decode: bool = True) -> None:
+    """Where images are read and decoded: declared once for every job that trains."""
+    group.add_argument(
+        "--data-node-label",
+        default=None,
+        metavar="KEY=VALUE",
+        help="label of the CPU data nodes (ray start --labels KEY=VALUE): reads and decodes run there, "
+        "training workers never do",
+    )
+    group.add_argument(
+        "--data-node-resource",
+        default=None,
+        help="custom resource of the CPU data nodes (e.g. data_cpu): every read and decode task asks for it",
+    )
+    if decode:
+        group.add_argument(
+            "--decode",
+            choices=DECODE_MODES,
+            default=DEFAULTS["decode"],
+            help="cpu: Ray Data decodes on the data nodes; gpu: nvJPEG + crops on each training worker's device",
+        )
+        group.add_argument(
+            "--prefetch-batches",
+            type=int,
+            default=DEFAULTS["prefetch_batches"],
+            help="batches each worker has in flight ahead of the step",
+        )
+
+
+def data_path_values(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields of ``add_data_path_flags``."""
+    names = ("data_node_label", "data_node_resource", "decode", "prefetch_batches")
+    return {n: getattr(args, n) for n in names if hasattr(args, n)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS["augmentation"],
         help="rrc: RandomResizedCrop+flip; scale: the paper's [256,480] scale augmentation; none",
     )
-    data.add_argument(
-        "--data-node-resource",
-        default=None,
-        help="custom resource of CPU-only nodes (e.g. data_cpu): read and decode there, off the GPU nodes",
-    )
+    add_data_path_flags(data)
     data.add_argument("--ten-crop", action="store_true", help="validate with the paper's 10-crop testing")
     data.add_argument(
         "--shuffle-buffer", type=int, default=DEFAULTS["shuffle_buffer"], help="local shuffle buffer (rows)"
@@ -135,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         augmentation=args.augmentation,
         ten_crop=args.ten_crop,
         shuffle_buffer=args.shuffle_buffer,
-        data_node_resource=args.data_node_resource,
+        **data_path_values(args),
         arch=args.arch,
         shortcut=args.shortcut,
         stride=args.stride,

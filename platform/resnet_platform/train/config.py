@@ -16,6 +16,7 @@ LR_SCHEDULES = ("step", "plateau", "cosine")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
 NORMALIZATIONS = ("imagenet", "cifar10")
+DECODE_MODES = ("cpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,10 @@ class TrainConfig:
     normalization: str = "imagenet"  # mean/std applied on the device: "imagenet" or "cifar10"
     ten_crop: bool = False  # the paper's 10-crop testing, for validation
     shuffle_buffer: int = 1024
-    data_node_resource: str | None = None  # custom resource of CPU data nodes: decode there, not on GPU nodes
+    data_node_resource: str | None = None  # custom resource of CPU data nodes: read and decode there
+    data_node_label: str | None = None  # KEY=VALUE label of CPU data nodes: data there, training elsewhere
+    decode: str = "cpu"  # "cpu": Ray Data decodes on the data nodes; "gpu": nvJPEG on the training device
+    prefetch_batches: int = 2  # batches each worker has in flight ahead of the step
     num_classes: int | None = None  # set by the driver from the dataset manifest
     # model
     arch: str = "resnet50"
@@ -98,6 +102,7 @@ class TrainConfig:
             ("amp", self.amp, AMP_MODES),
             ("augmentation", self.augmentation, AUGMENTATIONS),
             ("normalization", self.normalization, NORMALIZATIONS),
+            ("decode", self.decode, DECODE_MODES),
         ):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
@@ -107,6 +112,11 @@ class TrainConfig:
             )
         if self.epochs < 1 or self.num_workers < 1 or self.checkpoint_every < 1:
             raise ValueError("epochs, num_workers and checkpoint_every must be at least 1")
+        if self.decode == "gpu" and (self.augmentation == "pad-crop" or self.ten_crop):
+            raise ValueError(
+                "--decode gpu supports the rrc, scale and none augmentations, without --ten-crop"
+            )
+        _ = self.placement  # a malformed --data-node-label/--data-node-resource fails here, on the driver
         if self.deterministic and self.augmentation != "none":
             raise ValueError("deterministic runs need augmentation 'none': random crops cannot be replayed")
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
@@ -114,6 +124,13 @@ class TrainConfig:
     @property
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else 0.1 * self.batch_size / 256
+
+    @property
+    def placement(self):
+        """Where the data pipeline's tasks run (``data/placement.py``)."""
+        from resnet_platform.data.placement import DataPlacement
+
+        return DataPlacement(node_label=self.data_node_label, node_resource=self.data_node_resource)
 
     @property
     def per_worker_batch(self) -> int:

@@ -7,6 +7,7 @@ Batches arrive as uint8 HWC from Ray Data; normalization happens here, on the de
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -21,6 +22,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from resnet_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION_STATS
 from resnet_platform.models import build_model
 
 from .checkpoint import TrainingState, load_checkpoint, restore_rng, save_checkpoint
@@ -30,11 +32,14 @@ from .optim import EpochSchedule, build_optimizer
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the CIFAR-10 training set's per-channel mean and std
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-NORMALIZATION_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
+
+def transform_config_of(config: TrainConfig, *, train: bool):
+    """The crop settings of the training or validation stream (one place for the pipeline and
+    the GPU decode path)."""
+    from resnet_platform.data.pipeline import TransformConfig
+
+    t = TransformConfig(image_size=config.image_size, augmentation=config.augmentation)
+    return t if train else dataclasses.replace(t, ten_crop=config.ten_crop)
 
 
 def model_config_of(config: TrainConfig) -> dict:
@@ -124,9 +129,11 @@ def maybe_inject_fault(config: TrainConfig, rank: int, epoch: int, step_in_epoch
 
 
 def train_one_epoch(model, batches, criterion, optimizer, scaler, amp_dtype, normalize, device, config, ctx):
+    """One pass over the training shard. Loss and top-k counts accumulate on the device; the host
+    reads them only at logging steps and once at the end (after the all-reduce)."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = [0, 0]
+    correct = torch.zeros(2, dtype=torch.float64, device=device)
     images = 0
     wait = 0.0
     start = tick = time.perf_counter()
@@ -148,9 +155,7 @@ def train_one_epoch(model, batches, criterion, optimizer, scaler, amp_dtype, nor
         n = y.shape[0]
         images += n
         loss_sum += loss.detach().double() * n
-        c1, c5 = topk_correct(logits.detach(), y)
-        correct[0] += c1
-        correct[1] += c5
+        correct += topk_correct(logits.detach(), y)
         ctx.state.step += 1
         if ctx.logger is not None and ctx.state.step % config.log_every_steps == 0:
             elapsed = time.perf_counter() - start
@@ -164,7 +169,7 @@ def train_one_epoch(model, batches, criterion, optimizer, scaler, amp_dtype, nor
             )
         tick = time.perf_counter()
     seconds = time.perf_counter() - start
-    total, loss_total, c1, c5 = all_reduce_sum([images, float(loss_sum), correct[0], correct[1]], device)
+    total, loss_total, c1, c5 = all_reduce_sum([images, loss_sum, correct[0], correct[1]], device)
     total = max(total, 1)
     return EpochStats(loss_total / total, 1 - c1 / total, 1 - c5 / total, int(total), seconds, wait)
 
@@ -176,7 +181,9 @@ def evaluate(model, batches, criterion, amp_dtype, normalize, device) -> EpochSt
     Ten-crop batches (N, 10, H, W, 3) average the softmax over the crops, as the paper does.
     """
     net = unwrap(model).eval()
-    loss_sum, correct, images, wait = 0.0, [0, 0], 0, 0.0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros(2, dtype=torch.float64, device=device)
+    images, wait = 0, 0.0
     start = tick = time.perf_counter()
     for batch in batches:
         wait += time.perf_counter() - tick
@@ -188,10 +195,8 @@ def evaluate(model, batches, criterion, amp_dtype, normalize, device) -> EpochSt
         if crops > 1:
             probs = logits.softmax(dim=1).view(-1, crops, logits.shape[1]).mean(dim=1)
             logits = probs.log()
-        loss_sum += float(criterion(logits, y)) * y.shape[0]
-        c1, c5 = topk_correct(logits, y)
-        correct[0] += c1
-        correct[1] += c5
+        loss_sum += criterion(logits, y).double() * y.shape[0]
+        correct += topk_correct(logits, y)
         images += y.shape[0]
         tick = time.perf_counter()
     seconds = time.perf_counter() - start
@@ -199,6 +204,42 @@ def evaluate(model, batches, criterion, amp_dtype, normalize, device) -> EpochSt
     total_safe = max(total, 1)
     return EpochStats(
         loss_total / total_safe, 1 - c1 / total_safe, 1 - c5 / total_safe, int(total), seconds, wait
+    )
+
+
+def epoch_batches(shard, config: TrainConfig, device: torch.device, *, train: bool, shuffle_seed: int | None):
+    """The worker's batches of one epoch, as uint8 NHWC + int64 labels on its device.
+
+    ``decode="cpu"``: Ray Data decoded them on the data nodes; they are copied to the device from
+    pinned memory (non-blocking) with ``prefetch_batches`` in flight. ``decode="gpu"``: the rows are
+    JPEG bytes, decoded and cropped here on the device (``data/device_decode.py``).
+    """
+    shuffle = {"local_shuffle_buffer_size": config.shuffle_buffer or None, "local_shuffle_seed": shuffle_seed}
+    if not train:
+        shuffle = {}
+    if config.decode == "gpu":
+        from resnet_platform.data.device_decode import DeviceDecoder
+        from resnet_platform.data.pipeline import skips_name_of
+
+        decoder = DeviceDecoder(
+            transform_config_of(config, train=train),
+            train=train,
+            device=device,
+            skips_name=skips_name_of(config.data, "train" if train else "val"),
+        )
+        raw = shard.iter_batches(
+            batch_size=config.per_worker_batch,
+            batch_format="numpy",
+            prefetch_batches=config.prefetch_batches,
+            **shuffle,
+        )
+        return decoder.batches(raw)
+    return shard.iter_torch_batches(
+        batch_size=config.per_worker_batch,
+        dtypes={"image": torch.uint8, "label": torch.int64},
+        prefetch_batches=config.prefetch_batches,
+        pin_memory=device.type == "cuda",
+        **shuffle,
     )
 
 
@@ -270,18 +311,11 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
     for epoch in range(state.epoch, config.epochs):
         shuffle_seed = None if config.seed is None else config.seed * 1000 + epoch
-        batches = train_shard.iter_torch_batches(
-            batch_size=config.per_worker_batch,
-            dtypes={"image": torch.uint8, "label": torch.int64},
-            local_shuffle_buffer_size=config.shuffle_buffer or None,
-            local_shuffle_seed=shuffle_seed,
-        )
+        batches = epoch_batches(train_shard, config, device, train=True, shuffle_seed=shuffle_seed)
         train = train_one_epoch(
             forward_model, batches, criterion, optimizer, scaler, amp_dtype, normalize, device, config, ctx
         )
-        val_batches = val_shard.iter_torch_batches(
-            batch_size=config.per_worker_batch, dtypes={"image": torch.uint8, "label": torch.int64}
-        )
+        val_batches = epoch_batches(val_shard, config, device, train=False, shuffle_seed=None)
         val = evaluate(model, val_batches, criterion, amp_dtype, normalize, device)
         lr = schedule.lr
         schedule.step(val.top1_error, train.top1_error)

@@ -12,10 +12,10 @@ import tempfile
 from pathlib import Path
 
 from resnet_platform.data.manifest import Manifest
+from resnet_platform.data.transforms import NORMALIZATION_STATS
 
 from .checkpoint import load_checkpoint, load_model_config
 from .config import TrainConfig
-from .loop import NORMALIZATION_STATS
 from .runner import TrainingOutcome, run_training
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from resnet_platform.data.manifest import Manifest, read_manifest
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data_config import ExactValidationDataConfig
-from .loop import train_loop_per_worker
+from .loop import train_loop_per_worker, transform_config_of
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +65,21 @@ def run_exists(fs: pafs.FileSystem, path: str, name: str) -> bool:
 
 
 def build_datasets(config: TrainConfig) -> dict[str, ray.data.Dataset]:
-    """Train and val streams. Deterministic runs read the training split in stored order:
-    Ray Data reseeds its shuffles per execution, which a resumed run would restart from."""
-    from resnet_platform.data.pipeline import TransformConfig, build_split_dataset
+    """Train and val streams, read and decoded where ``config.placement`` says. Deterministic runs
+    read the training split in stored order: Ray Data reseeds its shuffles per execution, which a
+    resumed run would restart from."""
+    from resnet_platform.data.pipeline import build_split_dataset
 
-    train_t = TransformConfig(image_size=config.image_size, augmentation=config.augmentation)
-    val_t = replace(train_t, ten_crop=config.ten_crop)
-    shuffled = not config.deterministic
+    common = {"seed": config.seed, "placement": config.placement, "decode": config.decode}
     return {
         "train": build_split_dataset(
-            config.data, "train", train=shuffled, transform=train_t, seed=config.seed
+            config.data, "train", train=not config.deterministic,
+            transform=transform_config_of(config, train=True), **common,
         ),
-        "val": build_split_dataset(config.data, "val", train=False, transform=val_t, seed=config.seed),
-    }
+        "val": build_split_dataset(
+            config.data, "val", train=False, transform=transform_config_of(config, train=False), **common
+        ),
+    }  # fmt: skip
 
 
 def build_trainer(
@@ -86,7 +88,10 @@ def build_trainer(
     """``callbacks``: Ray Train ``UserCallback``s for the RunConfig (a Tune trial passes
     ``TuneReportCallback`` so each epoch's report reaches Tune)."""
     fs, path = storage.resolve(config.storage_uri())
-    ingest = ExecutionOptions(preserve_order=True) if config.deterministic else None
+    # Always our own ingest options: Ray's defaults copy the deprecated ``exclude_resources`` (Ray 2.60
+    # warns on every run). The label selector holds every data task of every dataset on the data nodes.
+    placement = config.placement
+    ingest = ExecutionOptions(preserve_order=config.deterministic, label_selector=placement.data_selector)
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = 1
@@ -94,7 +99,10 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),
         scaling_config=ScalingConfig(
-            num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker=resources,
+            label_selector=placement.worker_selector,  # never on a data node
         ),
         run_config=RunConfig(
             name=config.name,

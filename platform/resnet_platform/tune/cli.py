@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from resnet_platform.models import list_archs
-from resnet_platform.train.cli import DEFAULTS
+from resnet_platform.train.cli import DEFAULTS, add_data_path_flags, data_path_values
 from resnet_platform.train.config import AUGMENTATIONS, LR_SCHEDULES, TrainConfig
 
 from .space import SearchSpace, parse_list
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"], help="(no grid)")
     tr.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
     tr.add_argument("--warmup-epochs", type=int, default=DEFAULTS["warmup_epochs"])
+    add_data_path_flags(tr)
 
     ck = p.add_argument_group("storage and tracking")
     ck.add_argument("--storage", default=DEFAULTS["storage"], help="where sweeps go (path or s3://)")
@@ -120,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         storage=args.storage,
         experiment=args.experiment,
         tracking_uri=args.tracking_uri,
+        **data_path_values(args),
     )
     config = SweepConfig(
         base=base,
