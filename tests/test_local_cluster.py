@@ -25,29 +25,73 @@ LOCAL = REPO / "infra" / "local"
 BIN = Path(sys.executable).parent
 DATA_RESOURCE = "data_cpu"
 
-DRIVER = textwrap.dedent(
-    """
-    import json, os
-    import ray
+DATA_LABEL = "role=data"
 
-    resource = os.environ["LOCAL_DATA_RESOURCE"]
+# The platform's own pipeline (resource mode), driven from a plain driver: every read and decode
+# task must run on the data node.
+PIPELINE_DRIVER = textwrap.dedent(
+    """
+    import json, os, sys
+    import ray
+    from resnet_platform.data.pipeline import TransformConfig, build_split_dataset
+    from resnet_platform.data.placement import DataPlacement
+
     ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-
-    def where(batch):
-        batch["node"] = [ray.get_runtime_context().get_node_id()] * len(batch["id"])
-        return batch
-
-    ds = ray.data.range(64, override_num_blocks=8).map_batches(
-        where, batch_format="pandas", num_cpus=0.5, resources={resource: 0.5}
+    placement = DataPlacement(node_resource=os.environ["LOCAL_DATA_RESOURCE"])
+    ds = build_split_dataset(
+        sys.argv[1], "train", train=True, transform=TransformConfig(image_size=32), placement=placement
     )
-    ran_on = sorted({row["node"] for row in ds.take_all()})
-    nodes = [
-        {"id": n["NodeID"], "alive": n["Alive"], "resources": n["Resources"]} for n in ray.nodes()
-    ]
-    print("RESULT " + json.dumps({"nodes": nodes, "ran_on": ran_on}))
+    rows = sum(len(b["label"]) for b in ds.iter_batches(batch_size=256, batch_format="numpy"))
+    print("RESULT " + json.dumps({"rows": rows, "job_id": ray.get_runtime_context().get_job_id()}))
     """
 )
+
+# Where each Ray Data task and each training worker of a job ran, from Ray's state API.
+WHERE = textwrap.dedent(
+    """
+    import json, os, sys
+    import ray
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_actors, list_tasks
+
+    job_id = sys.argv[1]
+    if job_id.startswith("raysubmit") or not all(c in "0123456789abcdef" for c in job_id):
+        job_id = JobSubmissionClient(os.environ["RAY_API_SERVER_ADDRESS"]).get_job_info(job_id).driver_info.id
+    ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+    tasks = list_tasks(filters=[("job_id", "=", job_id)], detail=True, limit=10000, raise_on_missing_output=False)
+    actors = list_actors(filters=[("job_id", "=", job_id)], detail=True, limit=10000, raise_on_missing_output=False)
+    nodes = [
+        {"id": n["NodeID"], "alive": n["Alive"], "resources": n["Resources"], "labels": n.get("Labels", {})}
+        for n in ray.nodes()
+    ]
+    print("RESULT " + json.dumps({
+        "data_tasks": [[t.name, t.node_id] for t in tasks if "Read" in t.name or "MapBatches" in t.name],
+        "train_workers": [[a.class_name, a.node_id] for a in actors if "TrainWorker" in a.class_name],
+        "nodes": nodes,
+    }))
+    """
+)
+
+
+def _run_json(script: str, env: dict[str, str], *args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=dict(env, PYTHONPATH=str(REPO / "platform")), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.split("RESULT ", 1)[1])
+
+
+def _placement(env: dict[str, str], job_id: str) -> tuple[dict, str, str]:
+    """(where things ran, the data node's id, the head's id)."""
+    where = _run_json(WHERE, env, job_id)
+    alive = [n for n in where["nodes"] if n["alive"]]
+    assert len(alive) == 2
+    data = [n["id"] for n in alive if DATA_RESOURCE in n["resources"]]
+    assert len(data) == 1
+    head = [n["id"] for n in alive if n["id"] != data[0]][0]
+    return where, data[0], head
 
 
 def _env_from(env_sh: Path, base: dict[str, str]) -> dict[str, str]:
@@ -95,18 +139,23 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _submit(cluster_env: dict[str, str], *command: str) -> subprocess.CompletedProcess:
+def _submit(
+    cluster_env: dict[str, str], *command: str, submission_id: str | None = None
+) -> subprocess.CompletedProcess:
+    sid = ["--submission-id", submission_id] if submission_id else []
     return subprocess.run(
-        ["ray", "job", "submit", "--address", cluster_env["RAY_API_SERVER_ADDRESS"], "--working-dir", ".", "--",
-         *command],
+        ["ray", "job", "submit", "--address", cluster_env["RAY_API_SERVER_ADDRESS"], "--working-dir", ".", *sid,
+         "--", *command],
         env=cluster_env, cwd=REPO, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 
 
 def _prepare_train_register(env: dict[str, str], digits_root: Path) -> None:
     """`ray job submit` of prepare_imagenet.py and train_imagenet.py against the local cluster: the
-    checkpoint must land in the bucket and the model version in the registry. Image decoding is
-    held to the data node (--data-node-resource)."""
+    checkpoint must land in the bucket and the model version in the registry. Ray's state API then
+    says where each task ran: every read and decode task of the platform's pipeline on the data node
+    (--data-node-resource from a driver, --data-node-label in the training job), every training
+    worker on the head."""
     from mlflow import MlflowClient
 
     bucket = env["LOCAL_BUCKET"]
@@ -116,16 +165,35 @@ def _prepare_train_register(env: dict[str, str], digits_root: Path) -> None:
         "--shard-size-mb", "0.25",
     )  # fmt: skip
     assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-2000:]
+
+    # The platform's pipeline with a custom resource: all its tasks on the data node.
+    driven = _run_json(PIPELINE_DRIVER, env, data)
+    assert driven["rows"] > 1000
+    where, data_node, head = _placement(env, driven["job_id"])
+    assert where["data_tasks"], where
+    assert {node for _, node in where["data_tasks"]} == {data_node}, where["data_tasks"]
+
     trained = _submit(
-        env, "python", "jobs/train_imagenet.py", "--data", data, "--arch", "cifar_resnet20", "--image-size", "32",
+        env, "python", "jobs/train_imagenet.py", "--data", data,
+        "--arch", "cifar_resnet20", "--image-size", "32",
         "--epochs", "1", "--batch-size", "64", "--lr", "0.1", "--augmentation", "none", "--num-workers", "2",
-        "--cpus-per-worker", "0.5", "--data-node-resource", env["LOCAL_DATA_RESOURCE"],
+        "--cpus-per-worker", "0.5", "--data-node-label", env["LOCAL_DATA_LABEL"],
         "--storage", f"s3://{bucket}/runs", "--name", "e2e", "--experiment", "e2e", "--register-as", "digits-e2e",
+        submission_id="e2e-train",
     )  # fmt: skip
     output = trained.stdout + trained.stderr
     assert trained.returncode == 0, output[-4000:]
     assert "succeeded" in output.lower()
     assert "registered model version: 1" in output
+    assert "exclude_resources" not in output  # Ray 2.60's deprecation warning: we never set it
+
+    # The training job's own tasks: reads and decodes on the data node, workers on the head.
+    where, data_node, head = _placement(env, "e2e-train")
+    names = {name for name, _ in where["data_tasks"]}
+    assert any("ReadParquet" in n for n in names) and any("_decode_batch" in n for n in names), names
+    assert {node for _, node in where["data_tasks"]} == {data_node}, where["data_tasks"]
+    assert len(where["train_workers"]) == 2
+    assert {node for _, node in where["train_workers"]} == {head}, where["train_workers"]
 
     s3 = boto3.client(
         "s3",
@@ -217,18 +285,6 @@ def test_local_cluster_start_run_stop(tmp_path, digits_folder):
                 break
             time.sleep(2)
         assert DATA_RESOURCE in status.stdout, status.stdout
-
-        # Ray Data map_batches that asks for the data resource runs on the data node only.
-        driver = subprocess.run(
-            [sys.executable, "-c", DRIVER], env=cluster_env, capture_output=True, text=True, timeout=300
-        )
-        assert driver.returncode == 0, driver.stderr[-3000:]
-        result = json.loads(driver.stdout.split("RESULT ", 1)[1])
-        alive = [n for n in result["nodes"] if n["alive"]]
-        assert len(alive) == 2
-        data_nodes = [n["id"] for n in alive if DATA_RESOURCE in n["resources"]]
-        assert len(data_nodes) == 1
-        assert result["ran_on"] == data_nodes
 
         # A job submitted through the dashboard (token auth) sees the S3 and MLflow settings.
         job = subprocess.run(
