@@ -1,12 +1,19 @@
-"""Training-pipeline throughput: Ray Data from shards vs torchvision ImageFolder + DataLoader.
+"""Training-pipeline throughput: the platform's Ray Data pipeline vs torchvision ImageFolder + DataLoader.
 
-    python benchmarks/data_throughput.py --images 3000
+    python benchmarks/data_throughput.py --images 10000
 
-Generates ImageNet-like JPEGs (500x375, about 110 KB), prepares them into shards (original bytes,
-re-encoded to max side 256, and the original bytes on a local moto S3 server), then measures
-steady-state images/s per CPU core of the training transform (RandomResizedCrop 224 + flip, uint8)
-for each, timed from the first batch so start-up is excluded. Ratios are against the baseline
-measured in the same run. Not a test; takes a few minutes.
+Generates ImageNet-like JPEGs (500x375, about 110 KB), prepares them into Parquet shards with the
+platform's own prepare step, then streams one epoch per pass through each side on the same cores,
+with the training transform (RandomResizedCrop 224 + flip, uint8) and the training loop's consumer
+settings (local shuffle buffer 1024, 2 batches prefetched). Each pass reports:
+
+- whole epoch: images / seconds from the iterator's creation to its last batch (start-up included);
+- steady state: images / seconds over the epoch after its first 20% of images;
+- start-up: seconds to the first batch.
+
+The baseline runs before and after the platform's passes (the machine drifts). The GPU-decode
+path's CPU side (``--decode gpu``: Ray Data only reads bytes and labels) is measured too, as img/s
+and CPU-milliseconds per image over Ray's processes. Not a test; takes a few minutes.
 """
 
 from __future__ import annotations
@@ -15,17 +22,19 @@ import argparse
 import io
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "platform"))
+STEADY_AFTER = 0.2  # steady state: the epoch after its first 20% of images
 
 
 def _make_image(seed: int) -> bytes:
@@ -60,20 +69,52 @@ def generate(root: Path, n: int, classes: int) -> int:
     return sum(p.stat().st_size for p in paths)
 
 
-def measure(batches, batch_size_hint: int) -> tuple[float, int]:
-    """Images/s from the first batch on (start-up excluded)."""
-    it = iter(batches)
-    next(it)  # start-up: the first batch is not timed
+@dataclass
+class Pass:
+    images: int
+    whole_s: float  # iterator creation -> last batch
+    startup_s: float  # iterator creation -> first batch
+    steady_ips: float  # after the first STEADY_AFTER of the images
+    cpu_ms_per_image: float | None = None
+
+    @property
+    def whole_ips(self) -> float:
+        return self.images / self.whole_s
+
+
+def timed_pass(make_batches, expected: int) -> Pass:
+    """One epoch, timed whole and in steady state (see the module docstring)."""
     t0 = time.perf_counter()
-    n = 0
-    for batch in it:
+    n, first, mark = 0, None, None
+    for batch in make_batches():
         x = batch["image"] if isinstance(batch, dict) else batch[0]
         n += len(x)
-    dt = time.perf_counter() - t0
-    return n / dt, n + batch_size_hint
+        now = time.perf_counter()
+        if first is None:
+            first = now - t0
+        if mark is None and n >= STEADY_AFTER * expected:
+            mark = (now, n)
+    end = time.perf_counter()
+    steady = (n - mark[1]) / (end - mark[0]) if mark and end > mark[0] else float("nan")
+    return Pass(n, end - t0, first or 0.0, steady)
 
 
-def baseline(root: Path, workers: int, batch_size: int) -> float:
+def ray_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and every Ray process of this user."""
+    import psutil
+
+    total = sum(psutil.Process().cpu_times()[:2])
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.pid != os.getpid() and ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd):
+                total += sum(proc.cpu_times()[:2])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def baseline(root: Path, workers: int, batch_size: int, expected: int) -> Pass:
     import torch
     from torchvision import datasets, transforms
 
@@ -81,55 +122,57 @@ def baseline(root: Path, workers: int, batch_size: int) -> float:
         [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.PILToTensor()]
     )
     ds = datasets.ImageFolder(str(root / "train"), transform=tf)
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=False
-    )
-    rate, _ = measure(loader, batch_size)
-    return rate
+
+    def batches():
+        return torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=False
+        )
+
+    return timed_pass(batches, expected)
 
 
-def ray_pipeline(uri: str, batch_size: int, map_batch_size: int) -> float:
+def ray_pass(uri: str, batch_size: int, expected: int, decode: str = "cpu") -> Pass:
+    """One epoch of the platform's pipeline, consumed as the training loop consumes it."""
     from resnet_platform.data.pipeline import TransformConfig, build_split_dataset
 
-    ds = build_split_dataset(uri, "train", train=True, transform=TransformConfig(), batch_size=map_batch_size)
-    batches = ds.iterator().iter_torch_batches(
-        batch_size=batch_size, local_shuffle_buffer_size=4 * batch_size
-    )
-    rate, _ = measure(batches, batch_size)
-    return rate
+    ds = build_split_dataset(uri, "train", train=True, transform=TransformConfig(), decode=decode)
+
+    def batches():
+        it = ds.iterator()
+        if decode == "gpu":
+            return it.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2,
+                                   local_shuffle_buffer_size=1024)  # fmt: skip
+        return it.iter_torch_batches(
+            batch_size=batch_size, prefetch_batches=2, local_shuffle_buffer_size=1024
+        )
+
+    cpu0 = ray_cpu_seconds()
+    result = timed_pass(batches, expected)
+    result.cpu_ms_per_image = 1000 * (ray_cpu_seconds() - cpu0) / max(result.images, 1)
+    return result
 
 
-def start_moto() -> tuple[subprocess.Popen, str]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from fixtures.ports import free_port, wait_http
-
-    port = free_port()
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+def row(name: str, p: Pass, base: Pass | None) -> str:
+    ratio = (
+        f"{p.steady_ips / base.steady_ips:.2f}x | {p.whole_ips / base.whole_ips:.2f}x"
+        if base
+        else "1.00x | 1.00x"
     )
-    endpoint = f"http://127.0.0.1:{port}"
-    wait_http(endpoint + "/moto-api/", timeout=30, proc=proc)
-    os.environ.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_REGION="us-east-1",
-    )
-    return proc, endpoint
+    cpu = f"{p.cpu_ms_per_image:.2f}" if p.cpu_ms_per_image is not None else "-"
+    return f"| {name} | {p.images} | {p.startup_s:.1f} | {p.whole_ips:,.0f} | {p.steady_ips:,.0f} | {ratio} | {cpu} |"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--images", type=int, default=10000)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--cpus", type=int, default=2, help="cores for both the DataLoader workers and Ray")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--map-batch-size", type=int, default=64, help="Ray Data map_batches batch size")
-    p.add_argument("--shard-size-mb", type=float, default=32.0)
+    p.add_argument("--shard-size-mb", type=float, default=64.0)
     p.add_argument("--workdir", default=None, help="keep generated data here (default: a temp dir)")
     a = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     work = Path(a.workdir or tempfile.mkdtemp(prefix="data-bench-"))
     src = work / "src"
     t = time.perf_counter()
@@ -138,66 +181,62 @@ def main() -> None:
         f"{a.images} JPEGs, 500x375, mean {total / a.images / 1024:.0f} KB ({time.perf_counter() - t:.0f}s)"
     )
 
-    results: dict[str, float] = {}
-    results["a_imagefolder"] = baseline(src, a.cpus, a.batch_size)
-    print(
-        f"(a) ImageFolder+DataLoader({a.cpus} workers): {results['a_imagefolder'] / a.cpus:,.0f} img/s/core"
-    )
-
-    moto, _ = start_moto()
     import ray
     import ray.data
 
     from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
-    from resnet_platform.storage import s3_client
 
+    shards = str(work / "shards")
+    ray.init(
+        address="local",
+        num_cpus=a.cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    t = time.perf_counter()
+    prepare_imagenet(
+        PrepareConfig(
+            source=str(src), output=shards, splits=("train",), shard_size_mb=a.shard_size_mb, progress=False
+        )
+    )
+    print(f"prepared {shards} ({time.perf_counter() - t:.0f}s)")
+    ray.shutdown()  # the baseline gets the cores to itself
+
+    rows: list[tuple[str, Pass]] = []
+    before = baseline(src, a.cpus, a.batch_size, a.images)
+    rows.append((f"ImageFolder + DataLoader({a.cpus} workers), before", before))
+    print(rows[-1][0], f"{before.whole_ips:,.0f} whole, {before.steady_ips:,.0f} steady img/s", flush=True)
+    ray.init(
+        address="local",
+        num_cpus=a.cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        ray.init(num_cpus=a.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        s3_client().create_bucket(Bucket="bench")
-        outs = {
-            "b_local_original": str(work / "shards-original"),
-            "c_local_max256": str(work / "shards-256"),
-            "d_s3_original": "s3://bench/imagenet",
-        }
-        for name, out in outs.items():
-            t = time.perf_counter()
-            s = prepare_imagenet(
-                PrepareConfig(
-                    source=str(src),
-                    output=out,
-                    splits=("train",),
-                    shard_size_mb=a.shard_size_mb,
-                    max_side=256 if "256" in name else None,
-                    progress=False,
-                )
-            )
-            print(
-                f"prepared {name}: {s.shards} shards, {s.bytes / 2**20:.0f} MiB ({time.perf_counter() - t:.0f}s)"
-            )
-        for name, out in outs.items():
-            if name == "b_local_original":  # warm-up pass: worker processes, imports, page cache
-                ray_pipeline(out, a.batch_size, a.map_batch_size)
-            results[name] = ray_pipeline(out, a.batch_size, a.map_batch_size)
-            ratio = results[name] / results["a_imagefolder"]
-            print(
-                f"({name[0]}) {name}: {results[name] / a.cpus:,.0f} img/s/core, {ratio:.2f}x first baseline"
-            )
+        for label, decode in (("platform, decode cpu, epoch 1", "cpu"), ("platform, decode cpu, epoch 2", "cpu"),
+                              ("platform, decode gpu: CPU side (bytes + labels only)", "gpu")):  # fmt: skip
+            r = ray_pass(shards, a.batch_size, a.images, decode)
+            rows.append((label, r))
+            print(label, f"{r.whole_ips:,.0f} whole, {r.steady_ips:,.0f} steady img/s", flush=True)
     finally:
         ray.shutdown()
-        moto.terminate()
-        moto.wait(timeout=10)
-    # The baseline again after Ray stopped; the mean of both runs is the reference (a shared,
-    # noisy machine drifts over minutes).
-    again = baseline(src, a.cpus, a.batch_size)
-    print(f"(a) again: {again / a.cpus:,.0f} img/s/core (first run {results['a_imagefolder'] / a.cpus:,.0f})")
-    results["a_imagefolder"] = (results["a_imagefolder"] + again) / 2
-    base = results["a_imagefolder"]
-    print("\n| pipeline | img/s per core | vs (a) |\n|---|---|---|")
-    for name, rate in results.items():
-        print(f"| {name} | {rate / a.cpus:,.0f} | {rate / base:.2f}x |")
-    s3_vs_local = results["d_s3_original"] / results["b_local_original"]
-    print(f"\nS3 vs local (original bytes): {s3_vs_local:.2f}x")
+    after = baseline(src, a.cpus, a.batch_size, a.images)
+    rows.append((f"ImageFolder + DataLoader({a.cpus} workers), after", after))
+    base = Pass(
+        before.images, (before.whole_s + after.whole_s) / 2, (before.startup_s + after.startup_s) / 2,
+        (before.steady_ips + after.steady_ips) / 2,
+    )  # fmt: skip
+    print(f"\n{a.images} images, {a.cpus} cores; ratios against the mean of the two baseline passes")
+    print(
+        "| pass | images | start-up s | whole epoch img/s | steady img/s | vs DataLoader steady | vs whole | CPU ms/img |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in rows:
+        print(row(name, r, base))
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

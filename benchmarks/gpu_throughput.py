@@ -1,18 +1,25 @@
-"""ResNet-50 training throughput on one GPU: synthetic batches against the full pipeline from shards.
+"""Training throughput on one GPU: the synthetic ceiling, the CPU-decode and the GPU-decode pipelines.
 
     python benchmarks/gpu_throughput.py                      # on a GPU machine (bf16 AMP, channels_last)
-    python benchmarks/gpu_throughput.py --device cpu --arch resnet18 --images 256 --steps 4 --batch 16
+    python benchmarks/gpu_throughput.py --device cpu --archs resnet18 --images 256 --steps 4 --batch 16
 
-Both rows run the identical training step of the platform's loop (uint8 NHWC batch -> normalize
-on the device -> channels_last -> forward/backward/SGD under autocast). "synthetic" feeds one
-batch already on the device, the model's ceiling; "pipeline" streams ImageNet-like JPEGs from
-Parquet shards through Ray Data (decode + RandomResizedCrop on the CPUs). Their ratio says how
-far the data path keeps the GPU fed on this machine. Not a test: a short script for the device.
+Every row runs the identical training step of the platform's loop (uint8 NHWC batch -> normalize
+on the device -> channels_last -> forward/backward/SGD under autocast), for each of ``--archs``:
+
+- "synthetic": one uint8 batch already on the device, the model's ceiling;
+- "CPU decode": ImageNet-like JPEGs streamed from local Parquet shards through the platform's Ray
+  Data pipeline (decode + RandomResizedCrop on this machine's CPUs), copied from pinned memory;
+- "GPU decode": the same shards, Ray Data reading bytes and labels only, each batch decoded with
+  batched nvJPEG and cropped on the device by the platform's ``DeviceDecoder`` (``--decode gpu``).
+
+Each pipeline is reported in img/s and as a fraction of the ceiling. Not a test: a short script
+for the device machine (``benchmarks/gpu_session.sh`` runs it with the end-to-end jobs).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import sys
@@ -66,11 +73,11 @@ def timed(step, batches, steps: int, warmup: int, device) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--archs", default="resnet50,resnet18")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=8)
-    p.add_argument("--images", type=int, default=6000, help="JPEGs generated for the pipeline row")
+    p.add_argument("--images", type=int, default=6000, help="JPEGs generated for the pipeline rows")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", choices=["bf16", "fp16", "off"], default="bf16")
     p.add_argument("--no-channels-last", action="store_true")
@@ -80,6 +87,7 @@ def main() -> None:
     import ray
     from data_throughput import generate
 
+    from resnet_platform.data.device_decode import DeviceDecoder
     from resnet_platform.data.pipeline import TransformConfig, build_split_dataset
     from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
     from resnet_platform.models import build_model
@@ -91,34 +99,21 @@ def main() -> None:
     channels_last = not a.no_channels_last
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = build_model(a.arch).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    step = make_step(model, device, amp, channels_last)
-    rows = []
 
-    # 1. synthetic: one uint8 batch resident on the device, the model's ceiling
-    x = torch.randint(0, 256, (a.batch, 224, 224, 3), dtype=torch.uint8, device=device)
-    y = torch.randint(0, 1000, (a.batch,), device=device)
-    synthetic = timed(step, iter(lambda: (x, y), None), a.steps, a.warmup, device)
-    rows.append(("synthetic batches on device", synthetic))
-    print(f"synthetic: {synthetic:,.0f} img/s", flush=True)
-
-    # 2. the full pipeline: JPEG shards -> Ray Data decode + RandomResizedCrop -> device
     work = Path(a.workdir or tempfile.mkdtemp(prefix="gpubench-"))
     generate(work / "jpeg", a.images, 10)  # train/<wnid>/*.JPEG; reruns reuse the files
-    for path in sorted((work / "jpeg" / "train").glob("*/*.JPEG"))[:20]:  # a token val split
-        (work / "jpeg" / "val" / path.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, work / "jpeg" / "val" / path.parent.name / path.name)
-    ray.init(include_dashboard=False, log_to_driver=False)
-    prepare_imagenet(PrepareConfig(source=str(work / "jpeg"), output=str(work / "shards"), shard_size_mb=64))
-    ds = build_split_dataset(
-        str(work / "shards"), "train", train=True, transform=TransformConfig(image_size=224)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    prepare_imagenet(
+        PrepareConfig(
+            source=str(work / "jpeg"), output=str(work / "shards"), splits=("train",), shard_size_mb=64
+        )
     )
     needed = (a.warmup + a.steps) * a.batch
     epochs = max(1, -(-needed // a.images))
+    transform = TransformConfig(image_size=224)
 
-    def batches():
+    def cpu_batches():
+        ds = build_split_dataset(str(work / "shards"), "train", train=True, transform=transform)
         for _ in range(epochs):
             for b in ds.iter_torch_batches(
                 batch_size=a.batch,
@@ -129,19 +124,63 @@ def main() -> None:
             ):
                 yield b["image"], b["label"] % 1000
 
-    pipeline = timed(step, batches(), a.steps, a.warmup, device)
-    rows.append((f"Ray Data pipeline from shards ({os.cpu_count()} CPUs)", pipeline))
-    ray.shutdown()
+    def gpu_batches():
+        ds = build_split_dataset(str(work / "shards"), "train", train=True, transform=transform, decode="gpu")
+        decoder = DeviceDecoder(transform, train=True, device=device)
+        for _ in range(epochs):
+            raw = ds.iter_batches(
+                batch_size=a.batch, batch_format="numpy", prefetch_batches=4, drop_last=True
+            )
+            for b in decoder.batches(raw):
+                yield b["image"], b["label"] % 1000
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(
-        f"\n{a.arch}, batch {a.batch}, {'AMP ' + a.amp if amp else 'fp32'}, "
-        f"{'channels_last' if channels_last else 'NCHW'}, {name}"
-    )
-    print("| input | images/s | vs synthetic |")
-    print("|---|---:|---:|")
-    for label, ips in rows:
-        print(f"| {label} | {ips:,.0f} | {ips / synthetic:.2f} |")
+    tables = []
+    for arch in [x for x in a.archs.split(",") if x]:
+        model = build_model(arch).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        step = make_step(model, device, amp, channels_last)
+        x = torch.randint(0, 256, (a.batch, 224, 224, 3), dtype=torch.uint8, device=device)
+        y = torch.randint(0, 1000, (a.batch,), device=device)
+        rows = [
+            (
+                "synthetic batches on device (ceiling)",
+                timed(step, itertools.repeat((x, y)), a.steps, a.warmup, device),
+            )
+        ]
+        print(f"{arch} synthetic: {rows[0][1]:,.0f} img/s", flush=True)
+        rows.append(
+            (
+                f"CPU decode: Ray Data on {os.cpu_count()} CPUs",
+                timed(step, cpu_batches(), a.steps, a.warmup, device),
+            )
+        )
+        print(f"{arch} CPU decode: {rows[-1][1]:,.0f} img/s", flush=True)
+        rows.append(
+            (
+                "GPU decode: nvJPEG + crops on the device",
+                timed(step, gpu_batches(), a.steps, a.warmup, device),
+            )
+        )
+        print(f"{arch} GPU decode: {rows[-1][1]:,.0f} img/s", flush=True)
+        tables.append((arch, rows))
+        del model, step
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    ray.shutdown()
+
+    for arch, rows in tables:
+        print(
+            f"\n{arch}, batch {a.batch}, {'AMP ' + a.amp if amp else 'fp32'}, "
+            f"{'channels_last' if channels_last else 'NCHW'}, {name}"
+        )
+        print("| input | images/s | fraction of the ceiling |")
+        print("|---|---:|---:|")
+        for label, ips in rows:
+            print(f"| {label} | {ips:,.0f} | {ips / rows[0][1]:.2f} |")
+    if not a.workdir:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ MLFLOW_PORT="${LOCAL_MLFLOW_PORT:-5050}"
 HEAD_CPUS="${LOCAL_HEAD_CPUS:-1}"
 DATA_CPUS="${LOCAL_DATA_CPUS:-1}"
 DATA_RESOURCE="${LOCAL_DATA_RESOURCE:-data_cpu}"
+DATA_LABEL="${LOCAL_DATA_LABEL:-role=data}"  # --data-node-label: data tasks there, training workers not
 BUCKET="${LOCAL_BUCKET:-resnet-platform}"
 TIMEOUT="${LOCAL_START_TIMEOUT:-120}"
 
@@ -161,11 +162,12 @@ spawn ray-head ray start --head --block --disable-usage-stats \
     --num-cpus "$HEAD_CPUS" --num-gpus 0 --temp-dir "$HEAD_TMP"
 wait_http ray-head "http://127.0.0.1:$DASHBOARD_PORT/api/version"
 
-log "Ray data node ($DATA_CPUS CPU, resource {\"$DATA_RESOURCE\": $DATA_CPUS})"
+log "Ray data node ($DATA_CPUS CPU, resource {\"$DATA_RESOURCE\": $DATA_CPUS}, label $DATA_LABEL)"
 spawn ray-data ray start --block --disable-usage-stats \
     --address "127.0.0.1:$RAY_PORT" --node-ip-address 127.0.0.1 \
     --dashboard-agent-listen-port "$(free_port)" \
     --num-cpus "$DATA_CPUS" --num-gpus 0 --resources "{\"$DATA_RESOURCE\": $DATA_CPUS}" \
+    --labels "$DATA_LABEL" \
     --temp-dir "$DATA_TMP"
 
 # Ready when the state API lists two alive nodes, one of them with the data resource.
@@ -200,6 +202,7 @@ export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$STATE/ray_auth_token
 export RAY_USAGE_STATS_ENABLED=0
 export LOCAL_DATA_RESOURCE=$DATA_RESOURCE
+export LOCAL_DATA_LABEL=$DATA_LABEL
 export LOCAL_BUCKET=$BUCKET
 export AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL
 export AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
