@@ -21,51 +21,45 @@ import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
-from resnet_platform.models import list_archs
 from resnet_platform.paper.recipe import CIFAR_RECIPE, PAPER_ITERATIONS, PAPER_MILESTONES, train_cifar
-from resnet_platform.train.cli import add_data_path_flags, data_path_values
+from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
+from resnet_platform.train.config import FLAG_GROUPS, TrainConfig
 from resnet_platform.train.main import format_report
+
+# The training settings this job exposes; their defaults are the paper's CIFAR recipe.
+CIFAR_TRAIN_FLAGS = (
+    "arch", "batch_size", "lr", "momentum", "weight_decay", "augmentation", "num_workers", "use_gpu",
+    "cpus_per_worker", "data_node_label", "data_node_resource", "seed", "storage", "name", "resume",
+    "max_failures", "checkpoint_every", "experiment", "tracking_uri", "register_as",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train_cifar.py",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="train_cifar.py", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
-    p.add_argument("--data", required=True, help="CIFAR-10 python archive or folder (path or URI)")
-    p.add_argument(
-        "--arch", default="cifar_resnet20", choices=[a for a in list_archs() if a.startswith("cifar_")]
+    cifar = p.add_argument_group("CIFAR-10 (the paper's section 4.2)")
+    cifar.add_argument("--data", required=True, help="CIFAR-10 python archive or folder (path or URI)")
+    cifar.add_argument("--val-split", action="store_true", help="45k/5k train/validation split (seeded)")
+    cifar.add_argument(
+        "--iterations", type=int, default=PAPER_ITERATIONS, help="training length in iterations"
     )
-    p.add_argument("--val-split", action="store_true", help="45k/5k train/validation split (seeded)")
-    p.add_argument("--iterations", type=int, default=PAPER_ITERATIONS, help="training length in iterations")
-    p.add_argument(
+    cifar.add_argument(
         "--milestones",
         default=",".join(map(str, PAPER_MILESTONES)),
         help="iterations at which the lr is divided by 10",
     )
-    p.add_argument("--epochs", type=int, default=None, help="override: epochs (milestones at 1/2 and 3/4)")
-    p.add_argument("--batch-size", type=int, default=CIFAR_RECIPE["batch_size"])
-    p.add_argument("--lr", type=float, default=CIFAR_RECIPE["lr"])
-    p.add_argument("--weight-decay", type=float, default=CIFAR_RECIPE["weight_decay"])
-    p.add_argument("--momentum", type=float, default=CIFAR_RECIPE["momentum"])
-    p.add_argument("--augmentation", choices=["pad-crop", "none"], default=CIFAR_RECIPE["augmentation"])
-    p.add_argument("--num-workers", type=int, default=1)
-    p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--cpus-per-worker", type=float, default=0.5)
-    add_data_path_flags(p, decode=False)  # CIFAR rows are decoded already
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--storage", default="runs", help="where runs and checkpoints go (path or s3://)")
-    p.add_argument("--name", default=None)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--max-failures", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=1)
-    p.add_argument("--experiment", default=CIFAR_RECIPE["experiment"])
-    p.add_argument(
-        "--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
+    cifar.add_argument(
+        "--epochs", type=int, default=None, help="override: epochs (milestones at 1/2 and 3/4)"
     )
-    p.add_argument("--register-as", default=None)
-    p.add_argument("--no-mlflow", action="store_true")
+    groups = add_flags(
+        p,
+        TrainConfig,
+        groups=FLAG_GROUPS,
+        only=CIFAR_TRAIN_FLAGS,
+        defaults={**CIFAR_RECIPE, "arch": "cifar_resnet20", "num_workers": 1},
+    )
+    groups["tracking"].add_argument("--no-mlflow", action="store_true", help="do not track this run")
     return p
 
 
@@ -81,25 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             iterations=args.iterations,
             milestones=tuple(int(m) for m in args.milestones.split(",") if m),
             epochs=args.epochs,
-            arch=args.arch,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            momentum=args.momentum,
-            augmentation=args.augmentation,
-            num_workers=args.num_workers,
-            use_gpu=args.use_gpu,
-            cpus_per_worker=args.cpus_per_worker,
-            seed=args.seed,
-            storage=args.storage,
-            name=args.name,
-            resume=args.resume,
-            max_failures=args.max_failures,
-            checkpoint_every=args.checkpoint_every,
-            experiment=args.experiment,
-            tracking_uri=args.tracking_uri,
-            register_as=args.register_as,
-            **data_path_values(args),
+            **values_from_args(args, TrainConfig, only=CIFAR_TRAIN_FLAGS),
         )
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

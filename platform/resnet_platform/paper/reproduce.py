@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_platform.models import get_spec
+from resnet_platform.settings import setting
 
 from .responses import plot_layer_responses
 from .tables import TrialResult, degradation_summary, plot_figure6, table6_markdown
@@ -26,25 +27,32 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReproduceConfig:
-    data: str  # CIFAR-10 archive or folder, path or URI
-    depths: tuple[int, ...] = (20, 32, 44, 56)
-    families: tuple[str, ...] = ("plain", "resnet")
-    epochs: int | None = None  # None: the paper's 64k iterations
-    val_split: bool = False
-    batch_size: int = 128
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 0.5
-    data_node_label: str | None = None  # see data/placement.py
-    data_node_resource: str | None = None
-    max_concurrent_trials: int = 1
-    seed: int | None = 0
-    storage: str = "runs"
-    name: str | None = None
-    output: str = "paper-results"
-    experiment: str = "resnet-cifar10-paper"
-    tracking_uri: str | None = None
-    track: bool = True
+    """The paper's CIFAR-10 comparison (Table 6, Figures 6 and 7): one declaration per setting, the
+    flags of ``jobs/reproduce_paper.py`` generated from them."""
+
+    data: str = setting(help="CIFAR-10 python archive or folder (path or URI)", group="paper")
+    depths: tuple[int, ...] = setting((20, 32, 44, 56), "6n+2 depths (110 optional)", group="paper")
+    families: tuple[str, ...] = setting(("plain", "resnet"), "plain and/or resnet", group="paper")
+    epochs: int | None = setting(None, "epochs per net (default: the paper's 64k iterations)", group="paper")
+    val_split: bool = setting(False, "the paper's 45k/5k split", group="paper")
+    batch_size: int = setting(128, "global batch per net", group="paper")
+    num_workers: int = setting(1, "DDP workers per net", group="execution")
+    use_gpu: bool = setting(False, "one GPU per worker", group="execution")
+    cpus_per_worker: float = setting(0.5, "CPUs reserved per training worker", group="execution")
+    data_node_label: str | None = setting(
+        None, "see train_imagenet.py --help", group="execution", metavar="KEY=VALUE"
+    )
+    data_node_resource: str | None = setting(None, "see train_imagenet.py --help", group="execution")
+    max_concurrent_trials: int = setting(1, "nets trained at once", group="execution")
+    seed: int | None = setting(0, group="execution")
+    storage: str = setting("runs", "where runs and checkpoints go (path or s3://)", group="output")
+    name: str | None = setting(None, "grid name (default: paper-TIMESTAMP)", group="output")
+    output: str = setting("paper-results", "where Table 6 and the figures are written", group="output")
+    experiment: str = setting("resnet-cifar10-paper", group="output")
+    tracking_uri: str | None = setting(
+        None, "default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db", group="output"
+    )
+    track: bool = setting(True, group="output", cli=False)  # the job's --no-mlflow
 
     @property
     def archs(self) -> list[str]:

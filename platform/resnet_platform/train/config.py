@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from resnet_platform.settings import setting
+
 LR_SCHEDULES = ("step", "plateau", "cosine")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
@@ -33,64 +35,133 @@ class FaultInjection:
     marker: str | None = None
 
 
+def _archs() -> list[str]:
+    from resnet_platform.models import list_archs
+
+    return list_archs()
+
+
+def _shortcuts() -> tuple[str, ...]:
+    from resnet_platform.models.resnet import SHORTCUT_OPTIONS
+
+    return tuple(SHORTCUT_OPTIONS)
+
+
+def _strides() -> tuple[str, ...]:
+    from resnet_platform.models.resnet import STRIDE_PLACEMENTS
+
+    return tuple(STRIDE_PLACEMENTS)
+
+
+# Flag groups, in the order ``--help`` shows them.
+FLAG_GROUPS = {
+    "data": "data",
+    "model": "model",
+    "optimization": "optimization (defaults: the paper's recipe, section 3.4)",
+    "execution": "execution",
+    "checkpoints": "checkpoints and recovery",
+    "tracking": "tracking (MLflow)",
+}
+
+
 @dataclass
 class TrainConfig:
+    """Every setting of a training run, one declaration each: the flags of every training job are
+    generated from these fields (``resnet_platform/settings.py``)."""
+
     # data
-    data: str = ""
-    image_size: int = 224
-    augmentation: str = "rrc"  # "pad-crop": CIFAR's 4-pixel zero pad + random crop + flip (section 4.2)
-    normalization: str = "imagenet"  # mean/std applied on the device: "imagenet" or "cifar10"
-    ten_crop: bool = False  # the paper's 10-crop testing, for validation
-    shuffle_buffer: int = 1024
-    data_node_resource: str | None = None  # custom resource of CPU data nodes: read and decode there
-    data_node_label: str | None = None  # KEY=VALUE label of CPU data nodes: data there, training elsewhere
-    decode: str = "cpu"  # "cpu": Ray Data decodes on the data nodes; "gpu": nvJPEG on the training device
-    prefetch_batches: int = 2  # batches each worker has in flight ahead of the step
-    num_classes: int | None = None  # set by the driver from the dataset manifest
+    data: str = setting("", "dataset root written by prepare_imagenet.py (path or s3://)", group="data")
+    image_size: int = setting(224, "crop size (smaller for small data sets)", group="data")
+    augmentation: str = setting(
+        "rrc",
+        "rrc: RandomResizedCrop+flip; scale: the paper's [256,480] scale augmentation; none: resize+center "
+        "crop; pad-crop: CIFAR's 4-pixel zero pad + random crop + flip (section 4.2)",
+        group="data",
+        choices=AUGMENTATIONS,
+    )
+    normalization: str = setting(
+        "imagenet", "mean/std applied on the device", group="data", choices=NORMALIZATIONS
+    )
+    ten_crop: bool = setting(False, "validate with the paper's 10-crop testing", group="data")
+    shuffle_buffer: int = setting(1024, "local shuffle buffer (rows)", group="data")
+    data_node_label: str | None = setting(
+        None,
+        "label of the CPU data nodes (ray start --labels KEY=VALUE): reads and decodes run there, "
+        "training workers never do",
+        group="data",
+        metavar="KEY=VALUE",
+    )
+    data_node_resource: str | None = setting(
+        None,
+        "custom resource of the CPU data nodes (e.g. data_cpu): every read and decode task asks for it",
+        group="data",
+    )
+    decode: str = setting(
+        "cpu",
+        "cpu: Ray Data decodes on the data nodes; gpu: nvJPEG + crops on each training worker's device",
+        group="data",
+        choices=DECODE_MODES,
+    )
+    prefetch_batches: int = setting(2, "batches each worker has in flight ahead of the step", group="data")
+    num_classes: int | None = setting(None, group="data", cli=False)  # from the dataset manifest
     # model
-    arch: str = "resnet50"
-    shortcut: str | None = None
-    stride: str = "v1.5"
-    zero_init_residual: bool = False
+    arch: str = setting(
+        "resnet50", "network name (see jobs/model_summary.py)", group="model", choices=_archs, metavar="ARCH"
+    )
+    shortcut: str | None = setting(
+        None, "shortcut option (default: B, CIFAR nets A)", group="model", choices=_shortcuts
+    )
+    stride: str = setting("v1.5", "bottleneck stride placement", group="model", choices=_strides)
+    zero_init_residual: bool = setting(False, "zero the last BN of each residual branch", group="model")
     # optimisation (the paper's recipe)
-    epochs: int = 90
-    batch_size: int = 256  # global, over all workers
-    lr: float | None = None  # default 0.1 * batch_size / 256
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    no_bn_weight_decay: bool = False
-    label_smoothing: float = 0.0
-    lr_schedule: str = "step"
-    lr_milestones: tuple[int, ...] = (30, 60)
-    lr_gamma: float = 0.1
-    plateau_patience: int = 5
-    warmup_epochs: int = 0
+    epochs: int = setting(90, group="optimization")
+    batch_size: int = setting(256, "global batch, over all workers", group="optimization")
+    lr: float | None = setting(None, "learning rate (default: 0.1 x batch-size / 256)", group="optimization")
+    momentum: float = setting(0.9, group="optimization")
+    weight_decay: float = setting(1e-4, group="optimization")
+    no_bn_weight_decay: bool = setting(False, "no weight decay on BN and biases", group="optimization")
+    label_smoothing: float = setting(0.0, group="optimization")
+    lr_schedule: str = setting("step", group="optimization", choices=LR_SCHEDULES)
+    lr_milestones: tuple[int, ...] = setting((30, 60), "step schedule epochs", group="optimization")
+    lr_gamma: float = setting(0.1, "factor at each decay", group="optimization")
+    plateau_patience: int = setting(5, group="optimization")
+    warmup_epochs: int = setting(0, "linear warmup (Goyal et al.)", group="optimization")
     # ResNet-110 on CIFAR (section 4.2): this lr until the training error falls below the threshold
     # (checked after every epoch), then the schedule's own rate. None: off.
-    error_warmup_lr: float | None = None
-    error_warmup_threshold: float = 0.8
+    error_warmup_lr: float | None = setting(
+        None,
+        "ResNet-110's warm-up: this lr until the training error is below the threshold",
+        group="optimization",
+    )
+    error_warmup_threshold: float = setting(0.8, group="optimization")
     # execution
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 0.5
-    amp: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    seed: int | None = None
-    deterministic: bool = False  # order-preserving data and deterministic kernels (exact resume)
+    num_workers: int = setting(2, "DDP workers (one GPU each with --use-gpu)", group="execution")
+    use_gpu: bool = setting(False, "one GPU per worker", group="execution")
+    cpus_per_worker: float = setting(
+        0.5, "CPUs reserved per training worker; the rest decode images", group="execution"
+    )
+    amp: str = setting("auto", "auto: bf16 where supported, off on CPU", group="execution", choices=AMP_MODES)
+    channels_last: bool = setting(True, "NCHW memory format instead of channels_last", group="execution")
+    compile: bool = setting(False, "torch.compile the model", group="execution")
+    seed: int | None = setting(None, group="execution")
+    deterministic: bool = setting(
+        False, "ordered data, deterministic kernels (exact resume)", group="execution"
+    )
     # checkpoints and recovery
-    storage: str = "runs"
-    name: str | None = None
-    resume: bool = False
-    max_failures: int = 0
-    checkpoint_every: int = 1
-    keep_checkpoints: int = 3
+    storage: str = setting("runs", "where runs and checkpoints go (path or s3://)", group="checkpoints")
+    name: str | None = setting(None, "run name (default: ARCH-TIMESTAMP)", group="checkpoints")
+    resume: bool = setting(False, "continue the run --name at --storage", group="checkpoints")
+    max_failures: int = setting(0, "worker-group restarts allowed", group="checkpoints")
+    checkpoint_every: int = setting(1, "epochs between checkpoints", group="checkpoints")
+    keep_checkpoints: int = setting(3, "best K kept by val error", group="checkpoints")
     # tracking
-    experiment: str = "resnet-imagenet"
-    tracking_uri: str | None = None
-    register_as: str | None = None
-    mlflow_run_id: str | None = None  # set by the driver
-    log_every_steps: int = 10
+    experiment: str = setting("resnet-imagenet", group="tracking")
+    tracking_uri: str | None = setting(
+        None, "default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db", group="tracking"
+    )
+    register_as: str | None = setting(None, "register the best model under this name", group="tracking")
+    mlflow_run_id: str | None = setting(None, group="tracking", cli=False)  # set by the driver
+    log_every_steps: int = setting(10, "steps between rank 0's step metrics", group="tracking")
     fault: FaultInjection | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

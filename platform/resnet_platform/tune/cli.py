@@ -6,18 +6,27 @@ from __future__ import annotations
 import argparse
 
 from resnet_platform.models import list_archs
-from resnet_platform.train.cli import DEFAULTS, add_data_path_flags, data_path_values
-from resnet_platform.train.config import AUGMENTATIONS, LR_SCHEDULES, TrainConfig
+from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
+from resnet_platform.train.cli import DATA_PATH_FLAGS
+from resnet_platform.train.config import TrainConfig
 
 from .space import SearchSpace, parse_list
 from .sweep import SweepConfig
+
+# The training settings a sweep exposes (the rest keep TrainConfig's defaults), and where its
+# defaults differ from a single run's.
+SHARED_TRAINING_FLAGS = (
+    "data", "image_size", "augmentation", *DATA_PATH_FLAGS, "epochs", "batch_size", "weight_decay", "lr_schedule",
+    "warmup_epochs", "use_gpu", "cpus_per_worker", "seed", "storage", "experiment", "tracking_uri",
+)  # fmt: skip
+SWEEP_DEFAULTS = {"lr_schedule": "cosine", "experiment": "resnet-sweeps"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sweep_resnet.py",
         description="Sweep ResNet depth x learning rate with Ray Tune (ASHA), one Ray Train run per trial.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sp = p.add_argument_group("search space")
     sp.add_argument(
@@ -44,45 +53,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--reduction-factor", type=float, default=2.0, help="keep the best 1/N of trials at each rung"
     )
 
-    ex = p.add_argument_group("trial resources")
+    # The training settings every trial shares: declared once, in TrainConfig.
+    groups = add_flags(
+        p,
+        TrainConfig,
+        groups={"data": "training data (shared by every trial)", "optimization": "training (shared by every trial)",
+                "execution": "trial resources", "checkpoints": "storage and tracking", "tracking": "storage and tracking"},
+        only=SHARED_TRAINING_FLAGS,
+        required=("data",),
+        defaults=SWEEP_DEFAULTS,
+        help_overrides={"epochs": "epochs per trial (ASHA's max_t)", "batch_size": "global batch (no grid)",
+                        "storage": "where sweeps go (path or s3://)", "seed": "training seed of every trial"},
+    )  # fmt: skip
+    ex = groups["execution"]
     ex.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train (DDP) workers per trial")
-    ex.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    ex.add_argument(
-        "--cpus-per-worker",
-        type=float,
-        default=DEFAULTS["cpus_per_worker"],
-        help="CPUs reserved per training worker; the rest decode images",
-    )
     ex.add_argument(
         "--max-concurrent",
         type=int,
         default=1,
         help="trials at once: x workers-per-trial must fit the cluster",
     )
-    ex.add_argument("--seed", type=int, default=None, help="training seed of every trial")
-
-    tr = p.add_argument_group("training (shared by every trial)")
-    tr.add_argument(
-        "--data", required=True, help="dataset root written by prepare_imagenet.py (path or s3://)"
-    )
-    tr.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
-    tr.add_argument("--augmentation", choices=AUGMENTATIONS, default=DEFAULTS["augmentation"])
-    tr.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="epochs per trial (ASHA's max_t)")
-    tr.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="global batch (no grid)")
-    tr.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"], help="(no grid)")
-    tr.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
-    tr.add_argument("--warmup-epochs", type=int, default=DEFAULTS["warmup_epochs"])
-    add_data_path_flags(tr)
-
-    ck = p.add_argument_group("storage and tracking")
-    ck.add_argument("--storage", default=DEFAULTS["storage"], help="where sweeps go (path or s3://)")
+    ck = groups["checkpoints"]
     ck.add_argument("--name", default=None, help="sweep name (default: sweep-TIMESTAMP)")
     ck.add_argument(
         "--resume", action="store_true", help="continue the interrupted sweep --name at --storage"
-    )
-    ck.add_argument("--experiment", default="resnet-sweeps", help="MLflow experiment")
-    ck.add_argument(
-        "--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
     )
     ck.add_argument("--register-best", default=None, help="register the best trial's model under this name")
     return p
@@ -104,25 +98,10 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         batch_sizes=parse_list(args.batch_sizes, int),
     )
     space.validate(args.workers_per_trial)
-    base = TrainConfig(
-        data=args.data,
-        image_size=args.image_size,
-        augmentation=args.augmentation,
-        arch=space.archs[0],
-        epochs=args.epochs,
-        batch_size=space.batch_sizes[0] if space.batch_sizes else args.batch_size,
-        weight_decay=args.weight_decay,
-        lr_schedule=args.lr_schedule,
-        warmup_epochs=args.warmup_epochs,
-        num_workers=args.workers_per_trial,
-        use_gpu=args.use_gpu,
-        cpus_per_worker=args.cpus_per_worker,
-        seed=args.seed,
-        storage=args.storage,
-        experiment=args.experiment,
-        tracking_uri=args.tracking_uri,
-        **data_path_values(args),
-    )
+    values = values_from_args(args, TrainConfig, only=SHARED_TRAINING_FLAGS)
+    if space.batch_sizes:
+        values["batch_size"] = space.batch_sizes[0]
+    base = TrainConfig(arch=space.archs[0], num_workers=args.workers_per_trial, **values)
     config = SweepConfig(
         base=base,
         space=space,
