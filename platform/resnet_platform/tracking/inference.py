@@ -8,9 +8,11 @@ and the pyfunc model that ``mlflow models serve`` runs.
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import io
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# Pillow's decompression-bomb threshold (89,478,485 pixels unless an application changed it).
+_PILLOW_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 
 @dataclass
@@ -92,15 +96,118 @@ def _scale(values: Sequence[float]) -> list[float]:
     return [v / 255.0 for v in values] if max(values) > 1.0 else list(values)
 
 
-def _is_file(text: str) -> bool:
+@dataclass(frozen=True)
+class InputLimits:
+    """What one request to a served model may carry: a bound on the work a client can make it do.
+
+    ``max_rows`` images per request, ``max_image_bytes`` per encoded image file, ``max_pixels``
+    (width x height) per image, checked from the header before the pixels are decoded. The pixel
+    default is Pillow's own decompression-bomb threshold; Pillow refuses twice that by itself.
+    """
+
+    max_rows: int = 256
+    max_image_bytes: int = 20 * 2**20
+    max_pixels: int = _PILLOW_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        for name in ("max_rows", "max_image_bytes", "max_pixels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"InputLimits.{name} must be a positive integer, got {value!r}")
+
+
+class InputRejected(ValueError):
+    """A request the served model refuses: the message says why, in one line, for the client."""
+
+
+def check_rows(n: int, limits: InputLimits) -> None:
+    """Refuse a request holding more than ``limits.max_rows`` images."""
+    if n > limits.max_rows:
+        raise InputRejected(
+            f"{n} images in one request; the limit is {limits.max_rows}: split it into smaller requests"
+        )
+
+
+def _looks_like_path(text: str) -> bool:
+    """A string a client probably meant as a file name (only used to word the refusal)."""
+    t = text.strip()
+    return (
+        t.startswith(("/", "./", "../", "~", "file:", "\\\\"))
+        or bool(re.match(r"^[A-Za-z]:[\\/]", t))
+        or bool(re.search(r"\.[A-Za-z]{2,5}$", t))
+    )
+
+
+_BASE64_TEXT = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+def _decode_base64(text: str, limits: InputLimits) -> bytes:
+    compact = "".join(text.split())  # base64 wrapped at 76 columns is still base64
+    if len(compact) // 4 * 3 > limits.max_image_bytes + 3:  # bound the size before decoding
+        raise InputRejected(
+            f"image is about {len(compact) // 4 * 3} bytes; the limit is {limits.max_image_bytes} bytes"
+        )
+    if len(compact) % 4 == 0 and _BASE64_TEXT.match(compact):
+        try:
+            return base64.b64decode(compact, validate=True)
+        except binascii.Error:
+            pass
+    if _looks_like_path(text):
+        raise InputRejected(
+            "image strings must be base64-encoded image files; this looks like a file path, and the "
+            "server never opens paths: send the file's bytes, base64-encoded"
+        )
+    raise InputRejected("image string is not valid base64: send the image file's bytes, base64-encoded")
+
+
+def image_from_request(value: Any, limits: InputLimits) -> Image.Image:
+    """An RGB image from one request value: image file bytes (bytes, bytearray, memoryview) or those
+    bytes as base64 text. Never opens a path: a path string is refused (as every other string that
+    is not base64). Size and pixel count are checked before the pixels are decoded.
+
+    Raises :class:`InputRejected` with a one-line reason for anything it does not accept.
+    """
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+    elif isinstance(value, str):
+        raw = _decode_base64(value, limits)
+    else:
+        raise InputRejected(
+            f"cannot read an image from {type(value).__name__}: send image file bytes, base64-encoded"
+        )
+    if len(raw) > limits.max_image_bytes:
+        raise InputRejected(f"image is {len(raw)} bytes; the limit is {limits.max_image_bytes} bytes")
     try:
-        return len(text) < 4096 and Path(text).is_file()
-    except (OSError, ValueError):  # base64 text: "file name too long", NUL bytes
-        return False
+        img = Image.open(io.BytesIO(raw))  # reads the header only
+    except Image.DecompressionBombError as e:
+        raise InputRejected(f"image has too many pixels; the limit is {limits.max_pixels}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(value, str) and _looks_like_path(value):
+            raise InputRejected(
+                "image strings must be base64-encoded image files; this looks like a file path, and "
+                "the server never opens paths: send the file's bytes, base64-encoded"
+            ) from e
+        raise InputRejected("not an image file Pillow can read (JPEG, PNG, ...)") from e
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise InputRejected(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+        )
+    try:
+        img.load()
+        return img.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise InputRejected(f"image has too many pixels; the limit is {limits.max_pixels}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputRejected(f"the {img.format or 'image'} file is damaged or truncated: {e}") from e
 
 
 def open_image(image: Any) -> Image.Image:
-    """PIL image from a PIL image, a path, raw file bytes, base64 text, or a uint8 HWC array."""
+    """PIL image from a PIL image, a local path, raw file bytes, base64 text, or a uint8 HWC array.
+
+    For trusted callers on their own machine (``load_model(...).predict_topk``, ``jobs/predict.py``):
+    a ``str`` naming an existing file is opened. Served models use :func:`image_from_request`.
+    """
     if isinstance(image, Image.Image):
         img = image
     elif isinstance(image, Path) or (isinstance(image, str) and _is_file(image)):
@@ -115,6 +222,13 @@ def open_image(image: Any) -> Image.Image:
     else:
         raise TypeError(f"cannot read an image from {type(image).__name__}")
     return img.convert("RGB")
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return len(text) < 4096 and Path(text).is_file()
+    except (OSError, ValueError):  # base64 text: "file name too long", NUL bytes
+        return False
 
 
 class Preprocess:

@@ -1,8 +1,10 @@
-"""Log a trained ResNet as an MLflow pyfunc model (weights + JSON spec + this package's code file).
+"""Log a trained ResNet as an MLflow pyfunc model (weights + JSON spec + this package's code).
 
 The model directory holds ``artifacts/weights.pt`` (a plain state dict, readable with
 ``weights_only=True``), ``artifacts/model_config.json`` (:class:`ModelSpec`: architecture, options,
-class names, preprocessing), ``python_model.py`` (models-from-code), a signature and an input example.
+class names, preprocessing), ``pyfunc_model.py`` (models-from-code), ``code/resnet_platform/`` (this
+package, so serving never installs it from an index), ``requirements.txt`` and ``constraints.txt``
+(every dependency pinned to the logging environment's versions), a signature and an input example.
 Everything goes through ``MlflowClient(tracking_uri)``: no active run, no global tracking URI.
 """
 
@@ -23,6 +25,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
@@ -30,12 +33,16 @@ from PIL import Image
 
 from .inference import DEFAULT_K, INPUT_COLUMN, ModelSpec, Preprocess, normalize_state_dict
 from .params import MAX_TAG_VALUE_LENGTH, redact, to_str
+from .requirements import pinned_closure, pinned_requirements
 from .runs import client_for, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
 # Models from code: this file is copied into the model and defines it (never imported here).
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
+# This package, copied into the model's code/ folder (MLflow code_paths): the serving side imports it
+# from there and never installs a "resnet-platform" from a package index.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 __all__ = ["LoggedModelInfo", "ModelSpec", "example_image_b64", "log_resnet_model"]
 
@@ -65,21 +72,6 @@ def example_image_b64(size: int, fmt: str = "JPEG") -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _pip_requirements() -> list[str]:
-    import PIL
-    import torchvision
-
-    return [
-        f"mlflow=={mlflow.__version__}",
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"torchvision=={torchvision.__version__.split('+')[0]}",
-        f"pillow=={PIL.__version__}",
-        f"numpy=={np.__version__}",
-        f"pandas=={pd.__version__}",
-        "resnet-platform",  # this package: install it in the serving environment
-    ]
-
-
 def save_resnet_model(
     path: str | Path, state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, mlflow_model=None
 ) -> None:
@@ -104,15 +96,28 @@ def save_resnet_model(
         )
         signature = infer_signature(example, output, params={"k": DEFAULT_K})
         Preprocess.from_spec(spec)  # validate the preprocessing spec
+        constraints = Path(tmp) / "constraints.txt"
+        constraints.write_text("\n".join(pinned_closure()) + "\n")
         mlflow.pyfunc.save_model(
             path=str(path),
             python_model=str(PYFUNC_MODEL_FILE),
             artifacts={"weights": str(weights), "model_config": str(config)},
+            code_paths=[str(PACKAGE_DIR)],
             signature=signature,
             input_example=example,
-            pip_requirements=_pip_requirements(),
+            pip_requirements=[*pinned_requirements(), f"-c {constraints}"],
             mlflow_model=mlflow_model,
         )
+    pin_build_dependencies(path / "python_env.yaml")
+
+
+def pin_build_dependencies(python_env: Path) -> None:
+    """Drop the unpinned build tools MLflow lists when they are not installed here (``wheel``):
+    a virtualenv for the model would fetch whatever version the index serves today. pip and
+    setuptools (pinned) stay; neither pip nor setuptools needs ``wheel`` to build since 2024."""
+    env = yaml.safe_load(python_env.read_text())
+    env["build_dependencies"] = [d for d in env.get("build_dependencies") or [] if "==" in d]
+    python_env.write_text(yaml.safe_dump(env, sort_keys=False))
 
 
 @contextlib.contextmanager
