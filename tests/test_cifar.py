@@ -14,8 +14,10 @@ import torch
 
 from resnet_platform.data.cifar import (
     FOLDER,
+    CifarFormatError,
     cifar_datasets,
     decode_batch,
+    load_pickled,
     read_cifar10,
     split_train_val,
     write_cifar10_archive,
@@ -91,6 +93,45 @@ def test_str_keyed_batches_and_bad_files_are_handled():
         decode_batch(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}), "bad")
     with pytest.raises(FileNotFoundError):
         read_cifar10("/no/such/cifar")
+
+
+class _RunsACommand:
+    """What a tampered batch would hold: unpickling it calls os.system."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def test_crafted_pickles_are_refused_and_never_run(archive, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], b"x": _RunsACommand(f"touch {marker}")}
+    for protocol in (2, 5):
+        with pytest.raises(CifarFormatError, match=r"data_batch_1 is not a CIFAR-10 pickle.*posix\.system"):
+            decode_batch(pickle.dumps(evil, protocol=protocol), "data_batch_1")
+    assert not marker.exists()
+    # The other ways a pickle reaches arbitrary objects: builtins, object arrays, other classes.
+    for value, refused in (
+        ({b"data": eval}, r"refused to load (__builtin__|builtins)\.eval"),
+        ({b"data": np.array([1, "a"], dtype=object)}, "object arrays"),
+        ({b"data": {1, 2}}, r"(__builtin__|builtins)\.set"),
+        ({b"data": (1, 2)}, "a tuple value"),
+        ([1, 2], "a list where a dict belongs"),
+    ):
+        with pytest.raises(CifarFormatError, match=refused):
+            load_pickled(pickle.dumps(value, protocol=2), "x")
+    # Through the reader: an extracted folder whose batches.meta was replaced.
+    folder = (
+        Path(write_cifar10_archive(str(tmp_path / "x"), per_batch=2, test_size=2, extracted=True)) / FOLDER
+    )
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": _RunsACommand(f"touch {marker}")}))
+    with pytest.raises(CifarFormatError, match="batches.meta is not a CIFAR-10 pickle"):
+        read_cifar10(str(folder))
+    assert not marker.exists()
 
 
 def test_seeded_split_is_disjoint_and_complete():

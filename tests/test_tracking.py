@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -124,6 +126,68 @@ def test_plot_error_curves_png(tmp_path):
     assert path.read_bytes()[:8] == PNG_MAGIC
     cmp = plot_error_curves({"plain": history, "resnet": history}, tmp_path / "cmp.png", title="Fig. 4")
     assert cmp.read_bytes()[:8] == PNG_MAGIC
+
+
+def _reject_message(call) -> str:
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as err:
+        call()
+    return err.value.message
+
+
+def test_saved_model_is_pinned_and_carries_its_own_code(tmp_path):
+    """Requirements are name==version only (the tree below them in constraints.txt), nothing asks an
+    index for resnet-platform, and MLflow imports this package from the model's code/ folder."""
+    import mlflow
+    import pandas as pd
+    import yaml
+
+    from resnet_platform.tracking import save_resnet_model
+    from resnet_platform.tracking.model_logging import example_image_b64
+
+    pinned = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[^\s;,<>=!~*]+$")
+    mdir = tmp_path / "model"
+    torch.manual_seed(0)
+    save_resnet_model(
+        mdir, build_model("cifar_resnet20", 10).state_dict(), ModelSpec.for_arch("cifar_resnet20")
+    )
+    requirements = [ln.strip() for ln in (mdir / "requirements.txt").read_text().splitlines() if ln.strip()]
+    constraints = [ln.strip() for ln in (mdir / "constraints.txt").read_text().splitlines() if ln.strip()]
+    assert "-c constraints.txt" in requirements
+    for line in [r for r in requirements if r != "-c constraints.txt"] + constraints:
+        assert pinned.match(line), f"not pinned: {line!r}"
+        assert not line.lower().replace("_", "-").startswith("resnet-platform"), line
+    names = {line.split("==")[0] for line in constraints}
+    assert {"mlflow", "torch", "pillow", "numpy", "pandas"} <= names
+    env = yaml.safe_load((mdir / "python_env.yaml").read_text())
+    assert env["dependencies"] == ["-r requirements.txt"]
+    assert all(pinned.match(d) for d in env["build_dependencies"]), env
+    assert (mdir / "code" / "resnet_platform" / "tracking" / "inference.py").is_file()
+
+    # Load it the way `mlflow models serve` does, with this package not yet imported.
+    mine = {k: m for k, m in sys.modules.items() if k.split(".")[0] == "resnet_platform"}
+    saved_path = list(sys.path)
+    for k in mine:
+        del sys.modules[k]
+    try:
+        model = mlflow.pyfunc.load_model(str(mdir))
+        origin = Path(sys.modules["resnet_platform"].__file__).resolve()
+        assert origin.is_relative_to(mdir.resolve() / "code"), origin
+        b64 = example_image_b64(32, "PNG")
+        out = model.predict(pd.DataFrame({"image": [b64, b64]}), params={"k": 3})
+        assert len(out) == 2 and len(out["top_classes"][0]) == 3
+        image = tmp_path / "on-the-server.png"
+        image.write_bytes(base64.b64decode(b64))
+        msg = _reject_message(lambda: model.predict(pd.DataFrame({"image": [str(image)]})))
+        assert "never opens paths" in msg
+        msg = _reject_message(lambda: model.predict(pd.DataFrame({"image": [b64] * 257})))
+        assert "257 images in one request; the limit is 256" in msg
+    finally:
+        for k in [k for k in sys.modules if k.split(".")[0] == "resnet_platform"]:
+            del sys.modules[k]
+        sys.modules.update(mine)
+        sys.path[:] = saved_path
 
 
 # --- real server ------------------------------------------------------------------------------------
@@ -382,7 +446,8 @@ def test_no_credentials_in_any_run(registry, mlflow_server, s3_server, tmp_path)
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers(registry, tmp_path):
-    import base64
+    """`mlflow models serve` on 127.0.0.1 answers base64 images and refuses a path (HTTP 400)."""
+    import urllib.error
     import urllib.request
 
     from fixtures.ports import free_port, wait_http
@@ -418,6 +483,17 @@ def test_mlflow_models_serve_answers(registry, tmp_path):
                 preds = json.loads(resp.read())["predictions"]
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{e}: {e.read()[:2000]!r}") from e
+        # A file path (of an image that exists on the server's machine) is refused, not opened.
+        path_body = {"dataframe_split": {"columns": ["image"], "data": [[str(registry["images"][0])]]}}
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(path_body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=60)
+        assert refused.value.code == 400
+        assert "never opens paths" in json.loads(refused.value.read())["message"]
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)

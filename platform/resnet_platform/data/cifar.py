@@ -69,9 +69,82 @@ def _get(d: dict, key: str):
     raise CifarFormatError(f"no {key!r} in a CIFAR batch (keys: {sorted(map(str, d))})")
 
 
+def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as Python 3 pickles bytes at protocol 2, and nothing else."""
+    if not isinstance(text, str) or encoding.replace("-", "") != "latin1":
+        raise pickle.UnpicklingError(f"only latin-1 text may be encoded, not {encoding!r}")
+    return text.encode("latin1", errors)
+
+
+def _plain_dtype(*args) -> np.dtype:
+    """``numpy.dtype`` for numbers and bytes only: an object dtype would unpickle arbitrary objects."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("object arrays are not part of the CIFAR format")
+    return dtype
+
+
+# The only callables a CIFAR batch needs: numpy's array reconstruction (under its numpy 1 and 2
+# module names; the function itself read from numpy, not imported by name) and protocol 2 bytes.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _plain_dtype,
+    ("numpy.core.multiarray", "_reconstruct"): np.ndarray((0,), np.uint8).__reduce__()[0],
+    ("numpy._core.multiarray", "_reconstruct"): np.ndarray((0,), np.uint8).__reduce__()[0],
+    ("numpy.core.numeric", "_frombuffer"): np.arange(1).__reduce_ex__(5)[0],
+    ("numpy._core.numeric", "_frombuffer"): np.arange(1).__reduce_ex__(5)[0],
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, bytes, str, numbers and numpy arrays; refuses every other global, so a
+    tampered batch cannot run code (``os.system``, ``builtins.eval``, ...) while it is read."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}") from None
+
+
+def _check_plain(value, depth: int = 0) -> None:
+    """The shapes of the format, all the way down: dict, list, bytes, str, int, float, ndarray."""
+    if depth > 4:
+        raise pickle.UnpicklingError("nested deeper than any CIFAR batch")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, bytes | str):
+                raise pickle.UnpicklingError(f"a {type(k).__name__} key")
+            _check_plain(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_plain(v, depth + 1)
+    elif isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise pickle.UnpicklingError("an object array")
+    elif not isinstance(value, bytes | str | int | float):
+        raise pickle.UnpicklingError(f"a {type(value).__name__} value")
+
+
+def load_pickled(raw: bytes, name: str) -> dict:
+    """One CIFAR pickle (a batch or ``batches.meta``) through the restricted unpickler."""
+    try:
+        value = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        if not isinstance(value, dict):
+            raise pickle.UnpicklingError(f"a {type(value).__name__} where a dict belongs")
+        _check_plain(value)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise CifarFormatError(
+            f"{name} is not a CIFAR-10 pickle (only dicts, lists, bytes, str, ints and numpy arrays "
+            f"are loaded): {e}"
+        ) from None
+    return value
+
+
 def decode_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch -> (uint8 NHWC images, int64 labels)."""
-    d = pickle.loads(raw, encoding="bytes")
+    d = load_pickled(raw, name)
     data = np.asarray(_get(d, "data"), dtype=np.uint8)
     labels = np.asarray(_get(d, "labels"), dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
@@ -126,7 +199,7 @@ def read_cifar10(uri: str) -> Cifar10:
     read = _open_source(uri)
     train = [decode_batch(read(name), name) for name in TRAIN_BATCHES]
     test_images, test_labels = decode_batch(read(TEST_BATCH), TEST_BATCH)
-    meta = pickle.loads(read(META), encoding="bytes")
+    meta = load_pickled(read(META), META)
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, "label_names")]
     return Cifar10(
         train_images=np.concatenate([b[0] for b in train]),
