@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import re
+import uuid
 from pathlib import Path
 
 import jsonschema
@@ -89,13 +91,101 @@ def test_no_aws_keys_in_the_file(text):
         assert word not in text.lower()
 
 
-def test_nothing_opened_to_the_internet(config, text):
-    assert "0.0.0.0/0" not in text and "::/0" not in text
-    for rule in config["provider"].get("security_group", {}).get("IpPermissions", []):
-        assert rule.get("FromPort") == rule.get("ToPort") == 22, rule  # at most SSH
+SG_PLACEHOLDER = "sg-REPLACE_WITH_YOUR_GROUP"
+ADMIN_CIDR = "203.0.113.7/32"  # TEST-NET-3: the CIDR a user would pass to security_group.py
+
+
+def _security_group_module():
+    spec = importlib.util.spec_from_file_location(
+        "security_group", REPO / "infra" / "aws" / "security_group.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _open_to_outside(rule: dict) -> list[str]:
+    """The sources of an EC2 ingress rule that are addresses (not security groups)."""
+    return [r["CidrIp"] for r in rule.get("IpRanges", [])] + [
+        r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])
+    ]
+
+
+def _ray_network_setup(config: dict) -> dict:
+    """What `ray up` does about subnets and security groups, through Ray's own AWS code."""
+    from ray.autoscaler._private.aws import config as aws_config
+
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    prepared = aws_config._configure_subnet(prepared)
+    return aws_config._configure_security_group(prepared)
+
+
+def test_every_node_is_in_our_security_group(config):
+    groups = {json.dumps(t["node_config"].get("SecurityGroupIds")) for t in _node_types(config).values()}
+    assert groups == {json.dumps([SG_PLACEHOLDER])}, groups
+    assert "security_group" not in config["provider"]  # Ray creates no group of its own
+
+
+def test_effective_ingress_is_ssh_from_the_admin_cidr_only(config, s3_server):
+    """Create the group with infra/aws/security_group.py, let Ray's launcher code set the cluster's
+    network up (against moto's EC2 API), then read back what is open: SSH from the admin CIDR and
+    member-to-member traffic, nothing from 0.0.0.0/0; and Ray created no group of its own."""
+    import boto3
+
+    sg_module = _security_group_module()
+    ec2 = boto3.client("ec2", region_name=config["provider"]["region"], endpoint_url=s3_server.endpoint)
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    name = f"resnet-platform-{uuid.uuid4().hex[:6]}"
+    group_id = sg_module.create_security_group(ec2, vpc, ADMIN_CIDR, name=name)
+    before = {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+
+    ours = yaml.safe_load(CONFIG_PATH.read_text().replace(SG_PLACEHOLDER, group_id))
+    prepared = _ray_network_setup(ours)
+    after = {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+    assert after == before, "Ray created a security group"
+    for node_type in prepared["available_node_types"].values():
+        assert node_type["node_config"]["SecurityGroupIds"] == [group_id]
+    [group] = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    rules = group["IpPermissions"]
+    addressed = [
+        (r.get("IpProtocol"), r.get("FromPort"), r.get("ToPort"), _open_to_outside(r)) for r in rules
+    ]
+    assert [a for a in addressed if a[3]] == [("tcp", 22, 22, [ADMIN_CIDR])]
+    for rule in rules:
+        if not _open_to_outside(rule):
+            assert [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [group_id]
+
+    # Control: without SecurityGroupIds, the same Ray code opens SSH to the internet. This is what
+    # the check above would catch.
+    bare = copy.deepcopy(ours)
+    for node_type in bare["available_node_types"].values():
+        del node_type["node_config"]["SecurityGroupIds"]
+    bare["provider"]["security_group"] = {"GroupName": f"ray-default-{uuid.uuid4().hex[:6]}"}
+    default = _ray_network_setup(bare)
+    [ray_group] = {
+        tuple(t["node_config"]["SecurityGroupIds"]) for t in default["available_node_types"].values()
+    }
+    [rg] = ec2.describe_security_groups(GroupIds=list(ray_group))["SecurityGroups"]
+    assert "0.0.0.0/0" in {c for r in rg["IpPermissions"] for c in _open_to_outside(r)}
+
+
+def test_security_group_script_refuses_the_whole_internet():
+    sg_module = _security_group_module()
+    for cidr in ("0.0.0.0/0", "::/0", "not-a-cidr"):
+        with pytest.raises(ValueError):
+            sg_module.ssh_network(cidr)
+    assert sg_module.ingress_rules("sg-1", "10.1.2.3/32")[1]["IpRanges"][0]["CidrIp"] == "10.1.2.3/32"
+
+
+def test_nothing_listens_on_all_interfaces(config, text):
+    assert "0.0.0.0" not in text and "::/0" not in text
     head_start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start
-    assert "--dashboard-host=0.0.0.0" not in head_start
+    # MLflow binds the head's private address, the one the workers are given.
+    private_ip = "$(hostname -I | awk '{print $1}')"
+    assert f"MLFLOW_HOST={private_ip} " in head_start
+    assert f"MLFLOW_TRACKING_URI=http://{private_ip}:5000" in head_start
     # The container shares the host network; it must not publish ports either.
     assert not any(opt.startswith(("-p ", "--publish")) for opt in config["docker"]["run_options"])
 
