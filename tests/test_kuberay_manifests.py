@@ -164,3 +164,68 @@ def test_entrypoint_parses_with_the_training_parser(job):
     assert config.num_workers == 16 and config.use_gpu
     assert config.register_as == "resnet50-imagenet"
     assert config.data.startswith("s3://") and config.storage.startswith("s3://")
+
+
+# --- pod security -----------------------------------------------------------------------------------
+
+# Where Ray writes at run time (sessions, logs, spilled objects; its state; the object store): each
+# must be a writable volume, since the root filesystem is read-only.
+RAY_WRITABLE_PATHS = ("/tmp", "/home/ray/.ray", "/dev/shm")
+RAY_UID = 1000  # the `ray` user of the rayproject/ray base image (infra/docker/Dockerfile)
+
+
+def _pod_specs(cluster: dict, job: dict) -> list[tuple[str, dict]]:
+    pods = []
+    for where, spec in (("RayCluster", cluster["spec"]), ("RayJob", job["spec"]["rayClusterSpec"])):
+        pods.append((f"{where} head", spec["headGroupSpec"]["template"]["spec"]))
+        pods += [(f"{where} {g['groupName']}", g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
+    pods.append(("RayJob submitter", job["spec"]["submitterPodTemplate"]["spec"]))
+    return pods
+
+
+def _assert_restricted_container(where: str, context: dict | None) -> None:
+    assert context, f"{where}: no securityContext"
+    assert context.get("allowPrivilegeEscalation") is False, where
+    assert context.get("readOnlyRootFilesystem") is True, where
+    assert context.get("privileged") in (None, False), where
+    assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+    assert not context.get("capabilities", {}).get("add"), where
+    assert context.get("runAsUser", RAY_UID) != 0, where
+
+
+def test_every_pod_runs_as_non_root(cluster, job):
+    for where, pod in _pod_specs(cluster, job):
+        context = pod.get("securityContext") or {}
+        assert context.get("runAsNonRoot") is True, where
+        assert context.get("runAsUser") == RAY_UID and context.get("runAsGroup") != 0, where
+        assert context.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), where
+
+
+def test_every_container_is_read_only_without_privilege_escalation(cluster, job):
+    for where, pod in _pod_specs(cluster, job):
+        for container in pod["containers"] + pod.get("initContainers", []):
+            _assert_restricted_container(f"{where}/{container['name']}", container.get("securityContext"))
+    # The autoscaler sidecar KubeRay injects into the head pod.
+    for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
+        _assert_restricted_container("autoscaler", spec["autoscalerOptions"].get("securityContext"))
+
+
+def test_ray_writable_paths_are_empty_dir_volumes(cluster, job):
+    for where, pod in _pod_specs(cluster, job):
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in pod["containers"]:
+            mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+            for path in RAY_WRITABLE_PATHS:
+                assert path in mounts, f"{where}: {path} is not writable"
+                mount = mounts[path]
+                assert not mount.get("readOnly"), f"{where}: {path}"
+                assert "emptyDir" in volumes[mount["name"]], f"{where}: {path} is not an emptyDir"
+            env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+            for var in ("XDG_CACHE_HOME", "MPLCONFIGDIR"):  # caches that default to the read-only home
+                if var in env:
+                    assert env[var].startswith("/tmp/"), (where, var)
+        # The object store needs a memory-backed /dev/shm where Ray runs (not the submitter).
+        if "submitter" not in where:
+            shm = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/dev/shm")
+            assert volumes[shm["name"]]["emptyDir"].get("medium") == "Memory", where
