@@ -112,6 +112,72 @@ def test_redact_keys_env_values_and_url_passwords(monkeypatch):
     assert "very-secret-value" not in redact_text("x very-secret-value y")
 
 
+def test_redact_bare_token_in_url():
+    assert redact_text("http://ghp_tok3n@git.example.com/x.git", []) == "http://***@git.example.com/x.git"
+    assert redact({"uri": "https://tok3n@mlflow.example"}) == {"uri": "https://***@mlflow.example"}
+    # "@" after a path is not a credential: data locations stay readable.
+    assert redact_text("s3://bucket/data@2024/x and models:/m@champion", []) == (
+        "s3://bucket/data@2024/x and models:/m@champion"
+    )
+
+
+def test_redact_password_holding_slash_and_at():
+    out = redact_text("tracking https://user:pa/ss@word@mlflow.example:5000/api next", [])
+    assert out == "tracking https://user:***@mlflow.example:5000/api next"
+    assert redact({"db": "postgresql://u:p@ss/w@rd@db:5432/mlflow"}) == {
+        "db": "postgresql://u:***@db:5432/mlflow"
+    }
+
+
+def test_redact_signed_url_query_strings():
+    presigned = (
+        "https://b.s3.amazonaws.com/k.tar?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F2026"
+        "&X-Amz-Security-Token=FQoGZXIvYXdzEXAMPLE&X-Amz-Signature=5d672d79c15b13162d9279b0855cfba6&X-Amz-Expires=60"
+    )
+    out = redact_text(presigned, [])
+    for secret in ("AKIDEXAMPLE", "FQoGZXIvYXdzEXAMPLE", "5d672d79c15b"):
+        assert secret not in out
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in out and "X-Amz-Expires=60" in out
+    assert redact_text("https://a.blob.core.windows.net/c/b?sv=2024&sig=abc%2Fdef&se=2026", []) == (
+        "https://a.blob.core.windows.net/c/b?sv=2024&sig=***&se=2026"
+    )
+    assert redact_text("http://h/x?Signature=abc&AWSAccessKeyId=AKID&page=2", []) == (
+        "http://h/x?Signature=***&AWSAccessKeyId=***&page=2"
+    )
+    assert redact_text("http://h/?token=t0k&access_token=a&api_key=k", []) == (
+        "http://h/?token=***&access_token=***&api_key=***"
+    )
+
+
+def test_checkpoint_stores_the_redacted_config(tmp_path, monkeypatch):
+    from resnet_platform.train.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", FAKE_TOKEN)
+    net = build_model("cifar_resnet20", num_classes=10)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    config = {
+        "tracking_uri": "https://user:pa/ss@word@mlflow.example",
+        "data": "https://b.s3.amazonaws.com/cifar.tar.gz?X-Amz-Signature=feedface99&X-Amz-Expires=60",
+        "storage": "http://ghp_tok3n@git.example.com/runs",
+        "note": f"token {FAKE_TOKEN} copied",
+        "lr_milestones": (30, 60),
+    }
+    save_checkpoint(
+        tmp_path,
+        model=net,
+        optimizer=optimizer,
+        schedule=torch.optim.lr_scheduler.StepLR(optimizer, 30),
+        scaler=None,
+        state=TrainingState(),
+        config=config,
+        model_config={"arch": "cifar_resnet20"},
+    )
+    stored = load_checkpoint(tmp_path)["config"]
+    for secret in ("pa/ss", "word@", "feedface99", "ghp_tok3n", FAKE_TOKEN):
+        assert secret not in stored
+    assert json.loads(stored)["lr_milestones"] == [30, 60]
+
+
 def test_plot_error_curves_png(tmp_path):
     history = [
         {

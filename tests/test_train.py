@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -51,7 +52,11 @@ def final_weights(outcome) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_ddp_two_workers_learn_digits_with_exact_validation(digits_shards, ray_local, tmp_path):
-    outcome = run_training(small_config(digits_shards, tmp_path, epochs=4, name="learn"))
+    # A tracking URI with a password (never contacted: no MLflow run here) must not reach a checkpoint.
+    secret_uri = "https://ci-user:pa/ss@word@mlflow.invalid:5000"
+    outcome = run_training(
+        small_config(digits_shards, tmp_path, epochs=4, name="learn", tracking_uri=secret_uri)
+    )
     history = outcome.history
     assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -70,6 +75,10 @@ def test_ddp_two_workers_learn_digits_with_exact_validation(digits_shards, ray_l
     assert state["epoch"] == 4 and state["step"] == int(history[-1]["step"])
     assert "conv1.weight" in state["model"]  # unwrapped from DDP
     assert (checkpoints[-1] / "model_config.json").exists()
+    assert json.loads(state["config"])["tracking_uri"] == "https://ci-user:***@mlflow.invalid:5000"
+    for checkpoint in checkpoints:  # every file of every checkpoint, as written by rank 0
+        for path in checkpoint.rglob("*"):
+            assert not path.is_file() or b"pa/ss" not in path.read_bytes(), path
     assert outcome.best_metrics["val_top1_error"] == min(h["val_top1_error"] for h in history)
 
 

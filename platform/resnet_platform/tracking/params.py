@@ -2,8 +2,9 @@
 
 ``flatten_params`` never raises: nested mappings, lists, tuples, dataclasses, ``None``, paths, enums
 and arbitrary objects all become ``{"a.b.c": "value"}`` with MLflow-valid keys and values cut to
-MLflow's length limit. ``redact`` masks values whose key looks like a secret and any value that
-contains a credential found in the environment (AWS keys, MLflow tokens and passwords).
+MLflow's length limit. ``redact`` masks values whose key looks like a secret, any value that
+contains a credential found in the environment (AWS keys, MLflow tokens and passwords), credentials
+in URLs (``user:password@``, ``token@``) and the signatures and tokens of signed URLs' query strings.
 """
 
 from __future__ import annotations
@@ -33,8 +34,19 @@ SECRET_ENV_VARS = (
 _SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "apikey", "privatekey")
 _KEY_WORD = re.compile(r"(^|[^a-z0-9])(keys?|pwd)($|[^a-z0-9])")
 _INVALID_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
-# user:password@ in URLs (s3://, postgresql://, http://, ...)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+# Credentials in a URL's authority (s3://, postgresql://, http://, ...): ``user:password@`` (the
+# password may hold unescaped "/" and "@": everything up to the last "@" of the word is masked,
+# erring towards masking too much) or a bare ``token@``, which may not hold "/", so
+# "s3://bucket/data@2024/x" is left alone.
+_URL_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)"
+    r"(?:(?P<user>[^\s/?#@:'\"]*):(?P<pw>[^\s'\"]*)|(?P<token>[^\s/?#@:'\"]+))"
+    r"@(?=[^\s/?#@'\"]*(?:[/?#\s'\",;)\]}]|$))"
+)
+# name=value pairs of a query string; the value is masked when the name is a credential's.
+_QUERY_PARAM = re.compile(r"(?P<sep>[?&;])(?P<name>[A-Za-z0-9_.\-]+)=(?P<value>[^&#\s'\"]*)")
+# Signed-URL parameters is_secret_key does not already catch (AWS SigV2/V4, GCS, Azure SAS).
+_SIGNATURE_NAMES = ("sig", "signature")
 _MIN_SECRET_LEN = 6  # shorter env values ("1", "true") would mask half of every config
 
 
@@ -53,13 +65,34 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted((v for v in values if v and len(v) >= _MIN_SECRET_LEN), key=len, reverse=True)
 
 
+def is_secret_query_param(name: str) -> bool:
+    """Does a query-string parameter carry a credential (``X-Amz-Signature``, ``X-Amz-Credential``,
+    ``X-Amz-Security-Token``, ``sig``, ``token``, ``access_token``, ``api_key``, ``AWSAccessKeyId``)?"""
+    squashed = re.sub(r"[^a-z0-9]", "", name.lower())
+    return is_secret_key(name) or squashed in _SIGNATURE_NAMES or squashed.endswith("signature")
+
+
+def _mask_userinfo(m: re.Match) -> str:
+    if m["token"] is not None:
+        return f"{m['scheme']}{MASK}@"
+    return f"{m['scheme']}{m['user']}:{MASK}@"
+
+
+def _mask_query_param(m: re.Match) -> str:
+    if m["value"] and is_secret_query_param(m["name"]):
+        return f"{m['sep']}{m['name']}={MASK}"
+    return m.group(0)
+
+
 def redact_text(text: str, secrets: list[str] | None = None) -> str:
-    """Mask every known credential value and every ``scheme://user:password@`` password in ``text``."""
+    """Mask every known credential value in ``text``, the credentials in URLs
+    (``scheme://user:password@``, ``scheme://token@``) and signed-URL query parameters."""
     secrets = secret_values() if secrets is None else secrets
     for s in secrets:
         if s in text:
             text = text.replace(s, MASK)
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    return _QUERY_PARAM.sub(_mask_query_param, text)
 
 
 def redact(mapping: Mapping | Any, secrets: list[str] | None = None) -> dict:

@@ -2,7 +2,9 @@
 
 Written by rank 0 into a directory that ``ray.train.report`` uploads to the run's storage.
 Loaded with ``weights_only=True``: RNG states are stored as tensors and plain lists so a
-checkpoint never needs to unpickle arbitrary objects.
+checkpoint never needs to unpickle arbitrary objects. The stored config is redacted
+(:func:`~resnet_platform.tracking.params.redact`): a tracking URI with a password or a token, or a
+signed URL, is masked before it is written.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from resnet_platform.tracking.params import redact
 
 STATE_FILE = "state.pt"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -82,7 +86,8 @@ def save_checkpoint(
             "best_val_top1_error": state.best_val_top1_error,
             "history": state.history,
             "rng": capture_rng(),
-            "config": json.dumps(config, default=str),
+            # Checkpoints outlive runs and travel (S3, other clusters): credentials stay out.
+            "config": json.dumps(redact(config), default=str),
         },
         directory / STATE_FILE,
     )
