@@ -46,6 +46,8 @@ def test_from_the_ray_gpu_image_of_the_pinned_version(steps):
     assert len(froms) == 1
     image, _, tag = froms[0].partition(":")
     assert image == "rayproject/ray"
+    tag, _, digest = tag.partition("@")
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"base image not pinned by digest: {froms[0]}"
     assert tag.startswith(_pinned("ray") + "-"), tag
     python = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     assert python == ">=3.11" and "-py311" in tag
@@ -88,3 +90,34 @@ def test_dockerignore_keeps_the_context_small():
     # What the image needs must not be ignored.
     for needed in ("pyproject.toml", "constraints.txt", "README.md", "platform", "jobs"):
         assert needed not in ignored
+
+
+def test_base_image_digest_has_a_documented_bump_script():
+    text = DOCKERFILE.read_text()
+    script = REPO / "infra" / "docker" / "pin-base-image.sh"
+    assert "infra/docker/pin-base-image.sh" in text and script.is_file()
+    body = script.read_text()
+    # It rewrites exactly the FROM line the test above reads, with a digest it checked.
+    assert "^FROM rayproject/ray:" in body and "sha256:[0-9a-f]{64}" in body
+
+
+def test_ignore_files_cover_every_output_folder():
+    """What the platform writes (runs, MLflow stores, demo and paper outputs, local cluster state)
+    never goes into the image (`COPY . .`), `ray up` (rsync honours .gitignore) or git."""
+    outputs = {
+        "runs",
+        "paper-results",
+        "mlflow-server",
+        "demo-output",
+        "mlruns",
+        "mlflow.db",
+        "mlartifacts",
+        "infra/local/.state",
+    }
+    for name in (".dockerignore", ".gitignore"):
+        lines = {
+            line.strip().strip("/")
+            for line in (REPO / name).read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        }
+        assert outputs <= lines, f"{name} misses {sorted(outputs - lines)}"
