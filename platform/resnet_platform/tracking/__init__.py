@@ -16,7 +16,17 @@ Consumers::
 """
 
 from .curves import plot_error_curves
-from .inference import LoadedModel, ModelSpec, Prediction, Preprocess, load_from_files
+from .inference import (
+    InputLimits,
+    InputRejected,
+    LoadedModel,
+    ModelSpec,
+    Prediction,
+    Preprocess,
+    check_rows,
+    image_from_request,
+    load_from_files,
+)
 from .model_logging import LoggedModelInfo, log_resnet_model, save_resnet_model
 from .params import flatten_params, redact, redact_text
 from .registry import (
@@ -45,6 +55,8 @@ from .worker_logger import RunLogger
 __all__ = [
     "DEFAULT_EXPERIMENT",
     "DEFAULT_TRACKING_URI",
+    "InputLimits",
+    "InputRejected",
     "LoadedModel",
     "LoggedModelInfo",
     "ModelSpec",
@@ -52,6 +64,7 @@ __all__ = [
     "Preprocess",
     "RunLogger",
     "alias_version",
+    "check_rows",
     "client_for",
     "decide_promotion",
     "default_tags",
@@ -60,6 +73,7 @@ __all__ = [
     "find_run",
     "flatten_params",
     "git_commit",
+    "image_from_request",
     "load_from_files",
     "load_model",
     "log_resnet_model",
