@@ -82,10 +82,14 @@ def test_paths_are_refused_and_never_opened(tmp_path):
 def test_other_values_are_refused_with_one_line():
     with pytest.raises(InputRejected, match="not valid base64"):
         image_from_request("hello world!", InputLimits())
-    with pytest.raises(InputRejected, match="not an image"):
+    with pytest.raises(InputRejected, match="not an image file"):
         image_from_request(base64.b64encode(b"just some text").decode(), InputLimits())
     with pytest.raises(InputRejected, match="cannot read an image from int"):
         image_from_request(42, InputLimits())
+    with pytest.raises(InputRejected, match="not an image file in a format served"):
+        image_from_request(
+            b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", InputLimits()
+        )  # Ghostscript
     truncated = _png(200, 200)[:400]
     with pytest.raises(InputRejected, match="damaged or truncated"):
         image_from_request(truncated, InputLimits())

@@ -139,6 +139,13 @@ def _looks_like_path(text: str) -> bool:
 
 
 _BASE64_TEXT = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+_PATH_REFUSED = (
+    "image strings must be base64-encoded image files; this looks like a file path, and the server "
+    "never opens paths: send the file's bytes, base64-encoded"
+)
+# The formats a request may carry. Pillow's other plugins stay off for untrusted bytes (EPS, for
+# one, runs Ghostscript).
+REQUEST_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 
 
 def _decode_base64(text: str, limits: InputLimits) -> bytes:
@@ -153,10 +160,7 @@ def _decode_base64(text: str, limits: InputLimits) -> bytes:
         except binascii.Error:
             pass
     if _looks_like_path(text):
-        raise InputRejected(
-            "image strings must be base64-encoded image files; this looks like a file path, and the "
-            "server never opens paths: send the file's bytes, base64-encoded"
-        )
+        raise InputRejected(_PATH_REFUSED)
     raise InputRejected("image string is not valid base64: send the image file's bytes, base64-encoded")
 
 
@@ -178,16 +182,15 @@ def image_from_request(value: Any, limits: InputLimits) -> Image.Image:
     if len(raw) > limits.max_image_bytes:
         raise InputRejected(f"image is {len(raw)} bytes; the limit is {limits.max_image_bytes} bytes")
     try:
-        img = Image.open(io.BytesIO(raw))  # reads the header only
+        img = Image.open(io.BytesIO(raw), formats=REQUEST_IMAGE_FORMATS)  # reads the header only
     except Image.DecompressionBombError as e:
         raise InputRejected(f"image has too many pixels; the limit is {limits.max_pixels}") from e
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(value, str) and _looks_like_path(value):
-            raise InputRejected(
-                "image strings must be base64-encoded image files; this looks like a file path, and "
-                "the server never opens paths: send the file's bytes, base64-encoded"
-            ) from e
-        raise InputRejected("not an image file Pillow can read (JPEG, PNG, ...)") from e
+            raise InputRejected(_PATH_REFUSED) from e
+        raise InputRejected(
+            f"not an image file in a format served ({', '.join(REQUEST_IMAGE_FORMATS)})"
+        ) from e
     width, height = img.size
     if width * height > limits.max_pixels:
         raise InputRejected(
