@@ -244,7 +244,9 @@ def test_local_cluster_start_run_stop(tmp_path, digits_folder):
     t0 = time.monotonic()
     started = subprocess.run([str(LOCAL / "start-cluster.sh")], env=env, capture_output=True, text=True)
     try:
-        assert started.returncode == 0, started.stderr[-3000:]
+        logs = sorted((state / "logs").glob("*.log")) if (state / "logs").exists() else []
+        tails = "".join(f"\n--- {f.name}\n" + f.read_text(errors="replace")[-1500:] for f in logs)
+        assert started.returncode == 0, started.stderr[-3000:] + tails
         print(f"start-cluster.sh took {time.monotonic() - t0:.1f}s")
         pids = {int(p.read_text()) for p in (state / "pids").glob("*.pid")}
         assert len(pids) == 4  # moto, mlflow, ray-head, ray-data

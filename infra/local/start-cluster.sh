@@ -163,15 +163,11 @@ spawn ray-head ray start --head --block --disable-usage-stats \
 wait_http ray-head "http://127.0.0.1:$DASHBOARD_PORT/api/version"
 
 log "Ray data node ($DATA_CPUS CPU, resource {\"$DATA_RESOURCE\": $DATA_CPUS}, label $DATA_LABEL)"
-spawn ray-data ray start --block --disable-usage-stats \
-    --address "127.0.0.1:$RAY_PORT" --node-ip-address 127.0.0.1 \
-    --dashboard-agent-listen-port "$(free_port)" \
-    --num-cpus "$DATA_CPUS" --num-gpus 0 --resources "{\"$DATA_RESOURCE\": $DATA_CPUS}" \
-    --labels "$DATA_LABEL" \
-    --temp-dir "$DATA_TMP"
-
+# On a loaded machine a joining raylet can miss Ray's fixed 30 s registration window and exit
+# ("The current node timed out during startup"): start it again, up to 3 times.
+data_node_joined() {
 # Ready when the state API lists two alive nodes, one of them with the data resource.
-"$PY" - "$DASHBOARD_PORT" "$DATA_RESOURCE" "$TIMEOUT" "$(cat "$STATE/pids/ray-data.pid")" <<'EOF' || { log "the data node did not join: see $STATE/logs/ray-data.log"; exit 1; }
+"$PY" - "$DASHBOARD_PORT" "$DATA_RESOURCE" "$TIMEOUT" "$(cat "$STATE/pids/ray-data.pid")" <<'EOF' 
 import json, os, sys, time, urllib.request
 port, resource, timeout, pid = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 token = open(os.environ["RAY_AUTH_TOKEN_PATH"]).read().strip()
@@ -193,6 +189,24 @@ while time.monotonic() < deadline:
 print(f"last check: {last}", file=sys.stderr)
 sys.exit(1)
 EOF
+}
+for attempt in 1 2 3; do
+    spawn ray-data ray start --block --disable-usage-stats \
+        --address "127.0.0.1:$RAY_PORT" --node-ip-address 127.0.0.1 \
+        --dashboard-agent-listen-port "$(free_port)" \
+        --num-cpus "$DATA_CPUS" --num-gpus 0 --resources "{\"$DATA_RESOURCE\": $DATA_CPUS}" \
+        --labels "$DATA_LABEL" \
+        --temp-dir "$DATA_TMP"
+    if data_node_joined; then
+        break
+    fi
+    if [[ "$attempt" == 3 ]] || kill -0 "$(cat "$STATE/pids/ray-data.pid")" 2>/dev/null; then
+        log "the data node did not join: see $STATE/logs/ray-data.log"
+        exit 1
+    fi
+    log "the data node exited during start-up (attempt $attempt; see $STATE/logs/ray-data.log): starting it again"
+    cp "$STATE/logs/ray-data.log" "$STATE/logs/ray-data.attempt$attempt.log"
+done
 
 cat >"$STATE/env.sh" <<EOF
 # Written by infra/local/start-cluster.sh: \`source\` it to use the local cluster.
