@@ -17,12 +17,20 @@ DATA_RESOURCE = "data_cpu"
 SECRET_LIKE = re.compile(r"(?i)(key|secret|token|password|credential)")
 
 # The flags of jobs/train_imagenet.py that deployments may use (its documented interface).
-TRAIN_FLAGS_WITH_VALUE = {
-    "--data", "--arch", "--epochs", "--batch-size", "--lr", "--lr-schedule", "--warmup-epochs",
-    "--num-workers", "--cpus-per-worker", "--amp", "--image-size", "--storage", "--name",
-    "--max-failures", "--checkpoint-every", "--seed", "--experiment", "--register-as",
-}  # fmt: skip
-TRAIN_SWITCHES = {"--use-gpu", "--resume"}
+def _train_flags() -> tuple[set[str], set[str]]:
+    """(flags that take a value, switches) of train_imagenet.py, read from its own parser."""
+    import argparse
+
+    from resnet_platform.train.cli import build_parser
+
+    valued, switches = set(), set()
+    for action in build_parser()._actions:
+        kind = switches if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction) else valued
+        kind.update(o for o in action.option_strings if o.startswith("--"))
+    return valued, switches
+
+
+TRAIN_FLAGS_WITH_VALUE, TRAIN_SWITCHES = _train_flags()
 
 
 def _load(name: str) -> dict:
@@ -144,6 +152,9 @@ def test_entrypoint_flags_are_train_imagenet_flags(cluster, job):
     assert flags["--data"].startswith("s3://") and flags["--storage"].startswith("s3://")
     assert flags["--num-workers"] == "16" and "--use-gpu" in flags
     assert flags["--register-as"] == "resnet50-imagenet"
+    # Decoding stays on the data pods: the entrypoint selects the label the data group carries.
+    data = _group(cluster["spec"], "data")
+    assert flags["--data-node-label"] == data["rayStartParams"]["labels"]
     # The script lives where the image puts the repository.
     script = shlex.split(job["spec"]["entrypoint"])[1]
     workdir = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["workingDir"]
