@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
+from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
 
 
@@ -22,6 +24,12 @@ def parse_args(argv: list[str] | None = None) -> PrepareConfig:
     p.add_argument("--max-side", type=int, default=None, help="re-encode images larger than this side")
     p.add_argument("--quality", type=int, default=None, help="JPEG quality when re-encoding (default 90)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="reject images with more pixels (width x height) than this (default: Pillow's limit)",
+    )
     a = p.parse_args(argv)
     return PrepareConfig(
         source=a.source,
@@ -31,14 +39,16 @@ def parse_args(argv: list[str] | None = None) -> PrepareConfig:
         max_side=a.max_side,
         quality=a.quality,
         num_cpus=a.num_cpus,
+        max_image_pixels=a.max_image_pixels,
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     summary = prepare_imagenet(parse_args(argv))
     print(summary)
+    return 0 if summary.complete else 1  # images left unread: rerun the same command
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 
@@ -165,8 +166,8 @@ def test_undecodable_rows_are_skipped_counted_and_reported(tmp_path, ray_local):
         {"image": pa.array(images, pa.binary()), "label": pa.array([0] * 20, pa.int32()), "key": keys}
     )
     pq.write_table(table, root / "val" / "val-00000-of-00001.parquet")
-    size = (root / "val" / "val-00000-of-00001.parquet").stat().st_size
-    shard = ShardInfo("val/val-00000-of-00001.parquet", 20, size, "-")
+    data = (root / "val" / "val-00000-of-00001.parquet").read_bytes()
+    shard = ShardInfo("val/val-00000-of-00001.parquet", 20, len(data), hashlib.sha256(data).hexdigest())
     write_manifest(str(root), Manifest(["n0"], ["n0"], {"val": SplitManifest(20, [shard])}))
     ds = build_split_dataset(
         str(root), "val", train=False, transform=TransformConfig(image_size=8), include_key=True

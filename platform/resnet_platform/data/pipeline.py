@@ -21,10 +21,10 @@ import numpy as np
 from PIL import Image
 
 from resnet_platform.data import transforms
+from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from resnet_platform.data.manifest import Manifest, read_manifest
 from resnet_platform.data.placement import DataPlacement
 from resnet_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
-from resnet_platform.storage import join, resolve
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,7 @@ def build_split_dataset(
     concurrency: int | None = None,
     placement: DataPlacement | None = None,
     decode: str = "cpu",
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ):
     """A streaming Ray Dataset of one prepared split: rows ``{"image": uint8 HWC, "label": int64}``.
 
@@ -236,9 +237,12 @@ def build_split_dataset(
     ``placement``: every read and decode task runs on the CPU data nodes it names (``data/placement.py``).
     ``decode="gpu"``: rows stay ``{"image": JPEG bytes, "label"}`` (the read is all the CPU does);
     the training worker decodes and crops them on its device (``data/device_decode.py``).
+    Every shard is checked against the manifest's sha256 before its rows are used (a mismatch fails
+    naming the shard); images above ``max_image_pixels`` are skipped and recorded (None: no limit).
     """
-    import ray.data
-    from ray.data import DataContext, FileShuffleConfig
+    from ray.data import FileShuffleConfig
+
+    from resnet_platform.data.shard_reader import read_verified_shards
 
     manifest = read_manifest(uri)
     if split not in manifest.splits:
@@ -248,31 +252,20 @@ def build_split_dataset(
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {DECODE_MODES}, not {decode!r}")
     task_args = placement.task_args() if placement is not None else {}
-    fs, _ = resolve(uri)
-    paths = [resolve(join(uri, s.path))[1] for s in manifest.splits[split].shards]
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if train else None
-    # Ray 2.60's Parquet reader V2 bin-packs files into 128 MiB read units through a footer-reading
-    # actor pool: on small data sets that is one block and seconds of start-up per epoch. The V1
-    # reader gives one read task per shard, which is what streaming, shuffling and splitting need.
-    ctx = DataContext.get_current()
-    saved = getattr(ctx, "use_datasource_v2", None)
-    try:
-        if saved is not None:
-            ctx.use_datasource_v2 = False
-        ds = ray.data.read_parquet(
-            paths,
-            filesystem=fs,
-            # The GPU path reads only what the worker needs: no decode task, no keys.
-            columns=["image", "label", "key"] if decode == "cpu" or include_key else ["image", "label"],
-            shuffle=shuffle,
-            partitioning=None,
-            file_extensions=None,
-            override_num_blocks=len(paths),
-            **task_args,
-        )
-    finally:
-        if saved is not None:
-            ctx.use_datasource_v2 = saved
+    # One read task per shard (what streaming, shuffling and splitting need), each verifying its
+    # shard's sha256 on the bytes it parses: see shard_reader.
+    ds = read_verified_shards(
+        uri,
+        manifest,
+        split,
+        # The GPU path reads only what the worker needs: no decode task, no keys.
+        columns=["image", "label", "key"] if decode == "cpu" or include_key else ["image", "label"],
+        shuffle=shuffle,
+        max_image_pixels=max_image_pixels,
+        skips_name=_skips_name(uri, split),
+        task_args=task_args,
+    )
     # No randomize_block_order(): in Ray 2.60 it is an all-to-all barrier that holds every read block
     # before the first decode. One read task per shard in a file order reshuffled every execution
     # gives the same new block order per epoch while streaming.

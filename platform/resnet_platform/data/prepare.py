@@ -5,6 +5,12 @@ shard is written atomically (tmp + rename locally; one PUT on S3) and then recor
 ``_progress/<shard>.json`` with its row count, size, checksum and a fingerprint of its inputs. A rerun
 skips every shard whose sidecar matches, so a killed preparation resumes where it stopped. The
 manifest is written last: a root without one is visibly incomplete.
+
+A rerun also re-reads every shard it would keep and compares its sha256 with the sidecar's (in
+Ray tasks, in parallel): a shard with a flipped byte is rewritten, not trusted for its size.
+Source reads that fail with an I/O error are retried with backoff; an image that still cannot be
+read is not rejected (only images no decoder opens are): its shard gets no sidecar, no manifest
+is written, and the summary asks for a rerun, which reads it again.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -25,6 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
+from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from resnet_platform.data.imagenet_layout import (
     SourceImage,
     SplitSource,
@@ -32,6 +40,7 @@ from resnet_platform.data.imagenet_layout import (
     read_class_names,
     train_wnids,
 )
+from resnet_platform.data.integrity import file_sha256
 from resnet_platform.data.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -49,6 +58,9 @@ SHARD_SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("key",
 ROW_GROUP_BYTES = 32 * 2**20
 DEFAULT_QUALITY = 90
 PLAN_SEED = 0
+READ_ATTEMPTS = 4  # a source read failing with an I/O error is tried this many times in all
+READ_BACKOFF_S = 0.25  # doubled after each failed attempt
+NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 @dataclass
@@ -60,6 +72,7 @@ class PrepareConfig:
     max_side: int | None = None  # re-encode images larger than this (longest side), FFCV-style
     quality: int | None = None  # JPEG quality of re-encoded images (default 90 when re-encoding)
     num_cpus: int | None = None  # for ray.init when Ray is not running yet
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS  # larger images are rejected (None: no limit)
     progress: bool | None = None  # None: a progress bar only when stderr is a terminal
 
 
@@ -75,18 +88,33 @@ class PrepareSummary:
     bytes: int
     rejected: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    unread: list[dict] = field(default_factory=list)  # {"key", "reason"}: I/O errors after retries
+    shards_repaired: int = 0  # complete shards whose checksum no longer matched, rewritten
+
+    @property
+    def complete(self) -> bool:
+        """False when some images could not be read: no manifest was written; rerun."""
+        return not self.unread
 
     def __str__(self) -> str:
         lines = [f"prepared {self.output} in {self.seconds:.1f}s"]
         lines += [f"  {s}: {self.layouts[s]}: {n:,} images" for s, n in self.images.items()]
         lines.append(
             f"  {sum(self.images.values()):,} images, {self.classes} classes, {self.shards} shards "
-            f"({self.shards_written} written, {self.shards_reused} already complete), "
+            f"({self.shards_written} written, {self.shards_reused} already complete"
+            + (f", {self.shards_repaired} corrupt and rewritten" if self.shards_repaired else "")
+            + "), "
             f"{self.bytes / 2**20:,.1f} MiB, {len(self.rejected)} rejected"
         )
         lines += [f"  rejected {r['key']}: {r['reason']}" for r in self.rejected[:20]]
         if len(self.rejected) > 20:
             lines.append(f"  ... and {len(self.rejected) - 20} more (see manifest.json)")
+        if self.unread:
+            lines.append(
+                f"  INCOMPLETE: {len(self.unread)} images could not be read (I/O errors after "
+                f"{READ_ATTEMPTS} attempts); no manifest written: rerun the same command to finish"
+            )
+            lines += [f"  unread {r['key']}: {r['reason']}" for r in self.unread[:20]]
         return "\n".join(lines)
 
 
@@ -98,6 +126,7 @@ class ShardSpec:
     items: list[tuple[str, str, int | None]]  # (path, key, label or None)
     max_side: int | None
     quality: int | None
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
     @property
     def name(self) -> str:
@@ -108,7 +137,10 @@ class ShardSpec:
         return f"{self.split}/{self.name}.parquet"
 
     def fingerprint(self) -> str:
-        blob = json.dumps([self.items, self.max_side, self.quality, SHARD_SCHEMA.to_string()])
+        inputs = [self.items, self.max_side, self.quality, SHARD_SCHEMA.to_string()]
+        if self.max_image_pixels != DEFAULT_MAX_IMAGE_PIXELS:  # shards prepared before the limit keep theirs
+            inputs.append(self.max_image_pixels)
+        blob = json.dumps(inputs)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -133,15 +165,42 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def normalize_image(data: bytes, *, max_side: int | None = None, quality: int | None = None) -> bytes:
+@contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """Pillow's bomb check off (it only warns below twice its limit): the caller applies the limit."""
+    import warnings
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def normalize_image(
+    data: bytes,
+    *,
+    max_side: int | None = None,
+    quality: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+) -> bytes:
     """Return JPEG bytes that decode to 3-channel RGB; raise RejectedImage when nothing can read them.
 
     Baseline RGB JPEGs are kept byte for byte unless re-encoding is asked for (``quality``) or they
     exceed ``max_side``. CMYK, grayscale, palette and 16-bit images and other containers (PNG disguised
-    as .JPEG) become RGB JPEGs.
+    as .JPEG) become RGB JPEGs. Images above ``max_pixels`` (width x height) are rejected before
+    they are decoded.
     """
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _own_pixel_limit(), Image.open(io.BytesIO(data)) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise RejectedImage(
+                    f"{im.width}x{im.height} = {im.width * im.height:,} pixels, above the limit of "
+                    f"{max_pixels:,} (--max-image-pixels)"
+                )
             fmt = im.format
             im.load()  # a full decode: truncated and corrupt files fail here, not in training
             too_big = max_side is not None and max(im.size) > max_side
@@ -155,6 +214,8 @@ def normalize_image(data: bytes, *, max_side: int | None = None, quality: int | 
             buf = io.BytesIO()
             out.save(buf, format="JPEG", quality=quality or DEFAULT_QUALITY)
             return buf.getvalue()
+    except RejectedImage:
+        raise
     except Exception as e:  # PIL raises many types for bad files
         raise RejectedImage(f"{type(e).__name__}: {e}") from e
 
@@ -179,8 +240,27 @@ def _put_bytes(uri: str, data: bytes) -> None:
             f.write(data)
 
 
+def read_source(path: str, *, attempts: int = READ_ATTEMPTS, backoff_s: float = READ_BACKOFF_S) -> bytes:
+    """A source image's bytes; I/O errors (EIO, a stale NFS handle, a timeout) are retried with
+    exponential backoff. Errors no retry can fix (missing file, no permission) are raised at once."""
+    for attempt in range(attempts):
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except NOT_TRANSIENT:
+            raise
+        except OSError as e:
+            if attempt == attempts - 1:
+                raise
+            log.warning("reading %s failed (%s), retrying in %.2fs", path, e, backoff_s * 2**attempt)
+            time.sleep(backoff_s * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def completed_shard(output: str, spec: ShardSpec) -> dict | None:
-    """The sidecar of ``spec`` when that shard is complete with the same inputs, else None."""
+    """The sidecar of ``spec`` when that shard is complete with the same inputs, else None.
+
+    Checks the shard's size only: its checksum is checked by ``verified_shard`` (a full read)."""
     text = read_text(_sidecar_uri(output, spec))
     if text is None:
         return None
@@ -194,18 +274,34 @@ def completed_shard(output: str, spec: ShardSpec) -> dict | None:
     return record
 
 
+def verified_shard(output: str, record: dict) -> bool:
+    """Whether the shard a sidecar describes still has the recorded size and sha256."""
+    size, digest = file_sha256(join(output, record["shard"]["path"]))
+    return size == record["shard"]["bytes"] and digest == record["shard"]["sha256"]
+
+
 def write_shard(output: str, spec: ShardSpec) -> dict:
-    """Read, check and (re-)encode the images of one shard, write it atomically, then its sidecar."""
-    images, labels, keys, rejected = [], [], [], []
+    """Read, check and (re-)encode the images of one shard, write it atomically, then its sidecar.
+
+    Images that could not be read (I/O errors after retries) are listed under ``unread`` and the
+    sidecar is not written: the shard is not complete, and a rerun writes it again."""
+    images, labels, keys, rejected, unread = [], [], [], [], []
     for path, key, label in spec.items:
         if label is None:
             rejected.append({"key": key, "reason": "no ground-truth label for this file"})
             continue
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-            images.append(normalize_image(data, max_side=spec.max_side, quality=spec.quality))
-        except (RejectedImage, OSError) as e:
+            data = read_source(path)
+        except OSError as e:
+            unread.append({"key": key, "reason": f"{type(e).__name__}: {e}"})
+            continue
+        try:
+            images.append(
+                normalize_image(
+                    data, max_side=spec.max_side, quality=spec.quality, max_pixels=spec.max_image_pixels
+                )
+            )
+        except RejectedImage as e:
             rejected.append({"key": key, "reason": str(e)})
             continue
         labels.append(label)
@@ -221,12 +317,19 @@ def write_shard(output: str, spec: ShardSpec) -> dict:
     _put_bytes(join(output, spec.path), data)
     shard = ShardInfo(spec.path, len(table), len(data), hashlib.sha256(data).hexdigest())
     record = {"fingerprint": spec.fingerprint(), "shard": asdict(shard), "rejected": rejected}
+    if unread:
+        return dict(record, unread=unread)
     write_text_atomic(_sidecar_uri(output, spec), json.dumps(record))
     return record
 
 
 def plan_shards(
-    source: SplitSource, classes: list[str], shard_bytes: int, max_side: int | None, quality: int | None
+    source: SplitSource,
+    classes: list[str],
+    shard_bytes: int,
+    max_side: int | None,
+    quality: int | None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> list[ShardSpec]:
     """Deterministic shard plan. Training images are shuffled (fixed seed) so a shard mixes classes."""
     index = {w: i for i, w in enumerate(classes)}
@@ -250,6 +353,7 @@ def plan_shards(
             [(im.path, im.key, index.get(im.wnid) if im.wnid else None) for im in g],
             max_side,
             quality,
+            max_image_pixels,
         )
         for i, g in enumerate(groups)
     ]
@@ -291,6 +395,42 @@ class _Progress:
             print(file=sys.stderr)
 
 
+def _write_shards(
+    config: PrepareConfig,
+    specs: list[ShardSpec],
+    todo: list[ShardSpec],
+    records: dict[str, dict],
+    on_shard: Callable[[ShardInfo], None] | None,
+) -> None:
+    """One Ray task per shard of ``todo``; each finished record lands in ``records``."""
+    import ray
+
+    progress = _Progress(len(specs), config.progress)
+    for record in records.values():
+        progress.update(record["shard"]["rows"])
+    task = ray.remote(num_cpus=1)(write_shard)
+    pending = {task.remote(config.output, spec): spec for spec in todo}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                spec = pending.pop(ref)
+                record = ray.get(ref)
+                records[spec.name] = record
+                progress.update(record["shard"]["rows"])
+                if on_shard is not None:
+                    on_shard(ShardInfo(**record["shard"]))
+    finally:
+        progress.close()
+        for ref in pending:
+            ray.cancel(ref)
+        for ref in pending:  # let cancelled tasks settle so nothing writes after we return
+            try:
+                ray.get(ref)
+            except Exception:
+                pass
+
+
 def prepare_imagenet(
     config: PrepareConfig, *, on_shard: Callable[[ShardInfo], None] | None = None
 ) -> PrepareSummary:
@@ -309,57 +449,51 @@ def prepare_imagenet(
     names = read_class_names(config.source)
     shard_bytes = int(config.shard_size_mb * 2**20)
     plans = {
-        s: plan_shards(src, classes, shard_bytes, config.max_side, config.quality)
+        s: plan_shards(src, classes, shard_bytes, config.max_side, config.quality, config.max_image_pixels)
         for s, src in sources.items()
     }
     specs = [spec for plan in plans.values() for spec in plan]
-    records: dict[str, dict] = {}
+    candidates: dict[str, dict] = {}
     for spec in specs:
         record = completed_shard(config.output, spec)
         if record is not None:
-            records[spec.name] = record
-    todo = [spec for spec in specs if spec.name not in records]
-    reused = len(records)
-    log.info("%d shards planned, %d already complete, %d to write", len(specs), reused, len(todo))
-
-    if todo:
-        fs, path = resolve(join(config.output, MANIFEST_NAME))
-        if fs.get_file_info(path).type == pafs.FileType.File:
-            fs.delete_file(path)  # the data set changes: it is incomplete until the new manifest lands
-        started_ray = not ray.is_initialized()
+            candidates[spec.name] = record
+    records: dict[str, dict] = {}
+    unread: list[dict] = []
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or "local",
+            num_cpus=config.num_cpus,
+            configure_logging=False,
+            log_to_driver=False,
+        )
+    try:
+        # Shards complete by their sidecar are kept only if their bytes still match its checksum.
+        verify = ray.remote(num_cpus=1)(verified_shard)
+        checks = {name: verify.remote(config.output, record) for name, record in candidates.items()}
+        for name, ref in checks.items():
+            if ray.get(ref):
+                records[name] = candidates[name]
+            else:
+                log.warning(
+                    "%s: checksum mismatch, rewriting it",
+                    join(config.output, candidates[name]["shard"]["path"]),
+                )
+        repaired = len(candidates) - len(records)
+        todo = [spec for spec in specs if spec.name not in records]
+        reused = len(records)
+        log.info("%d shards planned, %d already complete, %d to write", len(specs), reused, len(todo))
+        if todo:
+            fs, path = resolve(join(config.output, MANIFEST_NAME))
+            if fs.get_file_info(path).type == pafs.FileType.File:
+                fs.delete_file(path)  # the data set changes: it is incomplete until the new manifest lands
+            _write_shards(config, specs, todo, records, on_shard)
+    finally:
         if started_ray:
-            ray.init(
-                address=os.environ.get("RAY_ADDRESS") or "local",
-                num_cpus=config.num_cpus,
-                configure_logging=False,
-                log_to_driver=False,
-            )
-        progress = _Progress(len(specs), config.progress)
-        for record in records.values():
-            progress.update(record["shard"]["rows"])
-        task = ray.remote(num_cpus=1)(write_shard)
-        pending = {task.remote(config.output, spec): spec for spec in todo}
-        try:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    spec = pending.pop(ref)
-                    record = ray.get(ref)
-                    records[spec.name] = record
-                    progress.update(record["shard"]["rows"])
-                    if on_shard is not None:
-                        on_shard(ShardInfo(**record["shard"]))
-        finally:
-            progress.close()
-            for ref in pending:
-                ray.cancel(ref)
-            for ref in pending:  # let cancelled tasks settle so nothing writes after we return
-                try:
-                    ray.get(ref)
-                except Exception:
-                    pass
-            if started_ray:
-                ray.shutdown()
+            ray.shutdown()
+    for spec in specs:
+        unread += records[spec.name].get("unread", [])
 
     splits, rejected = {}, []
     for split, plan in plans.items():
@@ -372,9 +506,14 @@ def prepare_imagenet(
         splits=splits,
         rejected=rejected,
         source_layout={s: src.layout for s, src in sources.items()},
-        encoding={"max_side": config.max_side, "quality": config.quality},
+        encoding={
+            "max_side": config.max_side,
+            "quality": config.quality,
+            "max_image_pixels": config.max_image_pixels,  # every image in the shards is within it
+        },
     )
-    write_manifest(config.output, manifest)
+    if not unread:
+        write_manifest(config.output, manifest)
     summary = PrepareSummary(
         output=config.output,
         layouts=manifest.source_layout,
@@ -386,6 +525,8 @@ def prepare_imagenet(
         bytes=sum(m.num_bytes for m in splits.values()),
         rejected=rejected,
         seconds=time.monotonic() - t0,
+        unread=unread,
+        shards_repaired=repaired,
     )
     log.info("%s", summary)
     return summary
