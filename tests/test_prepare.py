@@ -141,7 +141,11 @@ def test_reencode_to_max_side(tmp_path, ray_local, ilsvrc_tree):
     summary = prepare_imagenet(
         PrepareConfig(source=str(ilsvrc_tree.root), output=out, max_side=32, quality=80, splits=("val",))
     )
-    assert summary.shards == 1 and read_manifest(out).encoding == {"max_side": 32, "quality": 80}
+    assert summary.shards == 1 and read_manifest(out).encoding == {
+        "max_side": 32,
+        "quality": 80,
+        "max_image_pixels": Image.MAX_IMAGE_PIXELS,  # every image in the shards is within it
+    }
     for r in read_rows(out)["val"]:
         im = Image.open(io.BytesIO(r["image"]))
         assert im.format == "JPEG" and im.mode == "RGB" and max(im.size) <= 32
