@@ -21,6 +21,7 @@ import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
+from resnet_platform.data.checks import DataCheckError
 from resnet_platform.paper.recipe import CIFAR_RECIPE, PAPER_ITERATIONS, PAPER_MILESTONES, train_cifar
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
 from resnet_platform.train.config import FLAG_GROUPS, TrainConfig
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs,
             **values_from_args(args, TrainConfig, only=CIFAR_TRAIN_FLAGS),
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (DataCheckError, FileNotFoundError) as err:  # the archive or its data: one line naming it
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except ValueError as err:
         parser.error(str(err))
     print(format_report(run.outcome))
     print(f"params: {run.params}  test error: {100 * run.test_error:.2f}%")

@@ -16,12 +16,14 @@ import functools
 import io
 import pickle
 import tarfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.fs as pafs
 
+from resnet_platform.data.checks import DataCheckError, check_labels
 from resnet_platform.data.manifest import Manifest, SplitManifest
 from resnet_platform.data.pipeline import pad_crop_flip
 from resnet_platform.data.placement import DataPlacement
@@ -35,8 +37,8 @@ ARCHIVE = "cifar-10-python.tar.gz"
 VAL_SIZE = 5000  # the paper's 45k/5k train/validation split (section 4.2)
 
 
-class CifarFormatError(ValueError):
-    pass
+class CifarFormatError(DataCheckError):
+    """The file is not a (complete) CIFAR-10 python archive; the message names it."""
 
 
 @dataclass
@@ -153,12 +155,27 @@ def decode_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _members_from_tar(blob: bytes, where: str) -> Callable[[str], bytes]:
-    tar = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
-    by_name = {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
+    if not blob:
+        raise CifarFormatError(f"{where}: empty file (0 bytes), not a CIFAR-10 archive ({ARCHIVE})")
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
+        by_name = {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
+    except (tarfile.TarError, zlib.error, EOFError, OSError) as e:
+        reason = (
+            str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
+        )  # tarfile lists every method
+        raise CifarFormatError(
+            f"{where}: not a CIFAR-10 archive (expected a tar.gz like {ARCHIVE}): {reason}"
+        ) from e
+    if not by_name:
+        raise CifarFormatError(f"{where}: empty archive (no files), not a CIFAR-10 archive ({ARCHIVE})")
 
     def read(name: str) -> bytes:
         if name not in by_name:
-            raise CifarFormatError(f"{where}: no {name} in the archive")
+            raise CifarFormatError(
+                f"{where}: no {name} in the archive: incomplete, or not {ARCHIVE} "
+                f"(it holds {', '.join(sorted(by_name)[:8])})"
+            )
         return tar.extractfile(by_name[name]).read()
 
     return read
@@ -180,7 +197,9 @@ def _open_source(uri: str) -> Callable[[str], bytes]:
     fs, path = resolve(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
-        with fs.open_input_stream(path) as f:
+        # compression=None: tarfile reads the gzip itself; pyarrow's detection by name would fail a
+        # file called .tar.gz that is not gzip with a bare "zlib inflate failed".
+        with fs.open_input_stream(path, compression=None) as f:
             return _members_from_tar(f.read(), uri)
     if info.type != pafs.FileType.Directory:
         raise FileNotFoundError(f"no CIFAR-10 archive or folder at {uri}")
@@ -189,7 +208,7 @@ def _open_source(uri: str) -> Callable[[str], bytes]:
             return _members_from_folder(fs, folder, uri)
     archive = f"{path.rstrip('/')}/{ARCHIVE}"
     if fs.get_file_info(archive).type == pafs.FileType.File:
-        with fs.open_input_stream(archive) as f:
+        with fs.open_input_stream(archive, compression=None) as f:
             return _members_from_tar(f.read(), uri)
     raise FileNotFoundError(f"{uri}: neither {FOLDER}/ nor {ARCHIVE} (nor the batches themselves) found")
 
@@ -201,13 +220,16 @@ def read_cifar10(uri: str) -> Cifar10:
     test_images, test_labels = decode_batch(read(TEST_BATCH), TEST_BATCH)
     meta = load_pickled(read(META), META)
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, "label_names")]
-    return Cifar10(
+    data = Cifar10(
         train_images=np.concatenate([b[0] for b in train]),
         train_labels=np.concatenate([b[1] for b in train]),
         test_images=test_images,
         test_labels=test_labels,
         classes=classes,
     )
+    check_labels(data.train_labels, len(classes), f"{uri}: training batches")
+    check_labels(data.test_labels, len(classes), f"{uri}: {TEST_BATCH}")
+    return data
 
 
 def split_train_val(n: int, val_size: int = VAL_SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

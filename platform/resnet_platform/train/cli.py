@@ -15,6 +15,8 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 # Where the images are read and decoded: the same flags on every job that trains.
 DATA_PATH_FLAGS = ("data_node_label", "data_node_resource", "decode", "prefetch_batches")
+# Limits on the data: the same flags on every job that reads prepared shards.
+DATA_LIMIT_FLAGS = ("max_image_pixels", "max_skipped_fraction")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_SKIPPED_FRACTION
 from resnet_platform.settings import setting
 
 LR_SCHEDULES = ("step", "plateau", "cosine")
@@ -104,6 +105,18 @@ class TrainConfig:
     )
     prefetch_batches: int = setting(2, "batches each worker has in flight ahead of the step", group="data")
     num_classes: int | None = setting(None, group="data", cli=False)  # from the dataset manifest
+    max_image_pixels: int | None = setting(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        "images with more pixels (width x height) are rejected at read time, counted as skipped "
+        "(default: Pillow's limit)",
+        group="data",
+    )
+    max_skipped_fraction: float = setting(
+        DEFAULT_MAX_SKIPPED_FRACTION,
+        "fail the run, naming the worst shards, when more of a split's images could not be used "
+        "(undecodable or above --max-image-pixels); checked every epoch",
+        group="data",
+    )
     # model
     arch: str = setting(
         "resnet50", "network name (see jobs/model_summary.py)", group="model", choices=_archs, metavar="ARCH"
@@ -188,6 +201,10 @@ class TrainConfig:
                 "--decode gpu supports the rrc, scale and none augmentations, without --ten-crop"
             )
         _ = self.placement  # a malformed --data-node-label/--data-node-resource fails here, on the driver
+        if not 0 <= self.max_skipped_fraction <= 1:
+            raise ValueError(f"max skipped fraction must be between 0 and 1, got {self.max_skipped_fraction}")
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise ValueError(f"max image pixels must be positive, got {self.max_image_pixels}")
         if self.deterministic and self.augmentation != "none":
             raise ValueError("deterministic runs need augmentation 'none': random crops cannot be replayed")
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)

@@ -22,6 +22,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from resnet_platform.data.checks import check_skip_budget
 from resnet_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION_STATS
 from resnet_platform.models import build_model
 
@@ -317,6 +318,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
         )
         val_batches = epoch_batches(val_shard, config, device, train=False, shuffle_seed=None)
         val = evaluate(model, val_batches, criterion, amp_dtype, normalize, device)
+        if rank == 0:  # every worker has consumed its rows (the evaluation all-reduced): skips are recorded
+            check_skip_budget(config.data, ("train", "val"), config.max_skipped_fraction)
         lr = schedule.lr
         schedule.step(val.top1_error, train.top1_error)
         state.epoch = epoch + 1

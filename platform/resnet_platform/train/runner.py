@@ -22,6 +22,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 from resnet_platform import storage
+from resnet_platform.data.checks import check_prepared_data, check_splits, find_data_error
 from resnet_platform.data.manifest import Manifest, read_manifest
 
 from .checkpoint import load_checkpoint
@@ -70,7 +71,12 @@ def build_datasets(config: TrainConfig) -> dict[str, ray.data.Dataset]:
     resumed run would restart from."""
     from resnet_platform.data.pipeline import build_split_dataset
 
-    common = {"seed": config.seed, "placement": config.placement, "decode": config.decode}
+    common = {
+        "seed": config.seed,
+        "placement": config.placement,
+        "decode": config.decode,
+        "max_image_pixels": config.max_image_pixels,
+    }
     return {
         "train": build_split_dataset(
             config.data, "train", train=not config.deterministic,
@@ -157,7 +163,11 @@ def run_training(
     ``callbacks`` go to Ray Train's RunConfig (a Tune trial's ``TuneReportCallback``)."""
     if (datasets is None) != (manifest is None):
         raise ValueError("pass datasets and manifest together")
-    manifest = manifest if manifest is not None else read_manifest(config.data)
+    if manifest is None:
+        manifest = read_manifest(config.data)
+        check_prepared_data(config.data, manifest)  # splits not empty, labels inside the class count
+    else:
+        check_splits(config.data, manifest)
     if storage.is_s3(config.storage_uri()):
         storage.check_reachable(config.storage_uri())
     config = prepare_config(config, manifest)
@@ -170,9 +180,12 @@ def run_training(
     )
     try:
         result = trainer.fit()
-    except Exception:
+    except Exception as err:
         if tracker is not None:
             tracker.close(failed=True)
+        data_error = find_data_error(err)  # a corrupt shard, the skip budget: one line, not a traceback
+        if data_error is not None:
+            raise data_error from err
         raise
     outcome = summarize(config, result)
     if tracker is not None:

@@ -7,7 +7,7 @@ import argparse
 
 from resnet_platform.models import list_archs
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
-from resnet_platform.train.cli import DATA_PATH_FLAGS
+from resnet_platform.train.cli import DATA_LIMIT_FLAGS, DATA_PATH_FLAGS
 from resnet_platform.train.config import TrainConfig
 
 from .space import SearchSpace, parse_list
@@ -16,7 +16,8 @@ from .sweep import SweepConfig
 # The training settings a sweep exposes (the rest keep TrainConfig's defaults), and where its
 # defaults differ from a single run's.
 SHARED_TRAINING_FLAGS = (
-    "data", "image_size", "augmentation", *DATA_PATH_FLAGS, "epochs", "batch_size", "weight_decay", "lr_schedule",
+    "data", "image_size", "augmentation", *DATA_PATH_FLAGS, *DATA_LIMIT_FLAGS,
+    "epochs", "batch_size", "weight_decay", "lr_schedule",
     "warmup_epochs", "use_gpu", "cpus_per_worker", "seed", "storage", "experiment", "tracking_uri",
 )  # fmt: skip
 SWEEP_DEFAULTS = {"lr_schedule": "cosine", "experiment": "resnet-sweeps"}

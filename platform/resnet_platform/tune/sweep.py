@@ -276,6 +276,7 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from resnet_platform.data.checks import check_prepared_data
     from resnet_platform.data.manifest import read_manifest
     from resnet_platform.tracking.runs import end_run, resolve_tracking_uri, start_run
     from resnet_platform.train.runner import ensure_ray, run_exists
@@ -283,6 +284,7 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
     config.validate()  # every check that needs nothing running comes first
     base = config.base
     manifest = read_manifest(base.data)
+    check_prepared_data(base.data, manifest)  # before any trial starts: splits, label range
     base = replace(base, num_classes=len(manifest.classes), storage=base.storage_uri())
     if storage.is_s3(base.storage):
         storage.check_reachable(base.storage)
