@@ -38,6 +38,14 @@ done
 
 log() { echo "start-cluster: $*" >&2; }
 
+# The state folder is ours only if this script created or claimed it (the marker says which):
+# stop-cluster.sh deletes nothing else. A folder that holds anything else is refused untouched.
+MARKER="$STATE/.local-cluster-state"
+if [[ -d "$STATE" && ! -f "$MARKER" && "$STATE" != "$HERE/.state" && -n "$(ls -A "$STATE")" ]]; then
+    log "$STATE is not empty and was not created by start-cluster.sh: set LOCAL_CLUSTER_STATE to a new or empty folder"
+    exit 1
+fi
+
 alive() {  # alive NAME: the process recorded as NAME is running
     local f="$STATE/pids/$1.pid"
     [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
@@ -52,6 +60,12 @@ if [[ -f "$STATE/pids/ray-head.pid" ]]; then
     "$HERE/stop-cluster.sh"
 fi
 
+if [[ ! -d "$STATE" ]]; then
+    mkdir -p "$STATE"
+    echo "created_dir=1" >"$MARKER"     # stop-cluster.sh removes the folder itself
+elif [[ ! -f "$MARKER" ]]; then
+    echo "created_dir=0" >"$MARKER"     # an empty folder we were given: stop removes only our files
+fi
 mkdir -p "$STATE/pids" "$STATE/logs"
 chmod 700 "$STATE"
 

@@ -16,6 +16,16 @@ if [[ ! -d "$STATE" ]]; then
     log "nothing to stop ($STATE does not exist)"
     exit 0
 fi
+# Written by start-cluster.sh: without it the folder is not ours, and nothing in it is touched.
+MARKER="$STATE/.local-cluster-state"
+if [[ ! -f "$MARKER" && "$STATE" != "$HERE/.state" ]]; then
+    log "$STATE was not created by start-cluster.sh (no $(basename "$MARKER")): nothing stopped or deleted"
+    exit 1
+fi
+CREATED_DIR=1
+[[ -f "$MARKER" ]] && grep -q "^created_dir=0" "$MARKER" && CREATED_DIR=0
+# What start-cluster.sh puts in a folder it was given (and so may remove from it).
+OWN_FILES=(pids logs env.sh ray_auth_token head_temp_dir data_temp_dir mlflow.db "$(basename "$MARKER")")
 
 group_alive() { kill -0 -- "-$1" 2>/dev/null; }
 
@@ -89,9 +99,15 @@ for tf in "$STATE/data_temp_dir" "$STATE/head_temp_dir"; do
 done
 
 if [[ "$KEEP_LOGS" == 1 ]]; then
-    find "$STATE" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+    # The marker stays with the logs: a later stop may still clean this folder up.
+    for name in "${OWN_FILES[@]}"; do
+        [[ "$name" == logs || "$name" == "$(basename "$MARKER")" ]] || rm -rf "${STATE:?}/$name"
+    done
     log "stopped (logs kept in $STATE/logs)"
-else
+elif [[ "$CREATED_DIR" == 1 ]]; then
     rm -rf "$STATE"
     log "stopped"
+else
+    for name in "${OWN_FILES[@]}"; do rm -rf "${STATE:?}/$name"; done
+    log "stopped ($STATE itself kept: start-cluster.sh did not create it)"
 fi
