@@ -1,6 +1,7 @@
 """Prepared shards -> a streaming Ray Data pipeline of uint8 HWC image batches.
 
-``read_parquet`` (streaming, never materialized) -> ``map_batches`` decode + augment on CPU ->
+verified shard reads (``shard_reader``: sha256 checked on the bytes parsed; streaming, never
+materialized) -> ``map_batches`` decode + augment on CPU ->
 rows ``{"image": uint8 (H, W, 3), "label": int64}``. Normalization happens on the device
 (``IMAGENET_MEAN`` / ``IMAGENET_STD``), so 4x fewer bytes cross to it.
 
