@@ -159,7 +159,9 @@ def find_data_error(error: BaseException) -> DataCheckError | None:
         if isinstance(e, DataCheckError):
             cause = getattr(e, "cause", None)  # a RayTaskError(...) wraps the raised one
             base = cause if isinstance(cause, DataCheckError) else e
-            cls = next(c for c in type(base).__mro__ if issubclass(c, DataCheckError) and "Ray" not in c.__name__)
+            cls = next(
+                c for c in type(base).__mro__ if issubclass(c, DataCheckError) and "Ray" not in c.__name__
+            )
             # Ray appends its retry notes to the message: keep the first line, the one we wrote.
             return cls(str(base).strip().splitlines()[0])
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
