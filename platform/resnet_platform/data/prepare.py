@@ -317,7 +317,10 @@ def write_shard(output: str, spec: ShardSpec) -> dict:
     _put_bytes(join(output, spec.path), data)
     shard = ShardInfo(spec.path, len(table), len(data), hashlib.sha256(data).hexdigest())
     record = {"fingerprint": spec.fingerprint(), "shard": asdict(shard), "rejected": rejected}
-    if unread:
+    if unread:  # not complete: no sidecar (and none left from an earlier run), so a rerun rewrites it
+        fs, sidecar = resolve(_sidecar_uri(output, spec))
+        if fs.get_file_info(sidecar).type == pafs.FileType.File:
+            fs.delete_file(sidecar)
         return dict(record, unread=unread)
     write_text_atomic(_sidecar_uri(output, spec), json.dumps(record))
     return record
