@@ -149,7 +149,7 @@ def test_split_of_only_undecodable_images_fails_the_run_naming_it(tmp_path, ray_
     val = write_split(root, "val", [(jpeg(i * 40), i % 2) for i in range(4)])
     write_manifest(str(root), Manifest(["n0", "n1"], ["zero", "one"], {"train": train, "val": val}))
     with pytest.raises(SkipBudgetExceeded) as caught:
-        run_training(small_config(root, tmp_path / "runs", epochs=3))
+        run_training(small_config(root, tmp_path / "runs", epochs=3, num_workers=2))
     message = str(caught.value)
     assert "16 of 16 images of the 'train' split" in message and "train-00000-of-00002.parquet" in message
     assert "--max-skipped-fraction" in message
