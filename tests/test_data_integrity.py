@@ -157,3 +157,32 @@ def test_reader_drops_images_above_the_run_limit_and_records_them(tmp_path, ray_
     skipped = {f["key"]: f for f in decode_failures(out, "val")}
     assert set(skipped) == {k for k, n in sizes.items() if n > limit}
     assert all("above the limit" in f["reason"] and f["shard"].endswith(".parquet") for f in skipped.values())
+
+
+@pytest.mark.slow
+def test_training_on_a_corrupt_shard_fails_with_one_line_naming_it(tmp_path, ray_local):
+    from resnet_platform.train import TrainConfig
+    from resnet_platform.train.runner import run_training
+
+    tree = write_ilsvrc_tree(tmp_path / "src", train_per_class=6, val_per_class=2)
+    out = str(tmp_path / "out")
+    prepare_imagenet(PrepareConfig(source=str(tree.root), output=out, shard_size_mb=0.03))
+    path = Path(out) / read_manifest(out).splits["val"].shards[0].path
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x80
+    path.write_bytes(bytes(data))
+    config = TrainConfig(
+        data=out,
+        arch="cifar_resnet20",
+        image_size=16,
+        epochs=2,
+        batch_size=8,
+        augmentation="none",
+        num_workers=2,
+        cpus_per_worker=0.5,
+        storage=str(tmp_path / "runs"),
+        name="run",
+    )
+    with pytest.raises(ShardChecksumError) as caught:
+        run_training(config)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
