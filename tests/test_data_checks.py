@@ -219,3 +219,20 @@ def test_cifar_labels_outside_the_classes_are_refused(tmp_path):
             dst.addfile(m, io.BytesIO(blob))
     with pytest.raises(LabelOutOfRangeError, match=f"{bad}: training batches: label 12 outside"):
         read_cifar10(str(bad))
+
+
+def test_limit_flags_reach_the_config_of_training_and_sweeps():
+    from resnet_platform.train.cli import build_parser as train_parser
+    from resnet_platform.train.cli import config_from_args as train_config
+    from resnet_platform.tune.cli import build_parser as sweep_parser
+    from resnet_platform.tune.cli import config_from_args as sweep_config
+
+    defaults = train_config(train_parser().parse_args(["--data", "d"]))
+    assert (defaults.max_image_pixels, defaults.max_skipped_fraction) == (Image.MAX_IMAGE_PIXELS, 0.001)
+    flags = ["--data", "d", "--max-image-pixels", "1000000", "--max-skipped-fraction", "0.05"]
+    config = train_config(train_parser().parse_args(flags))
+    assert (config.max_image_pixels, config.max_skipped_fraction) == (1_000_000, 0.05)
+    sweep = sweep_config(sweep_parser().parse_args(flags + ["--archs", "resnet18", "--lrs", "0.1"]))
+    assert (sweep.base.max_image_pixels, sweep.base.max_skipped_fraction) == (1_000_000, 0.05)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        TrainConfig(data="d", max_skipped_fraction=2)
