@@ -190,7 +190,7 @@ def _prepare_train_register(env: dict[str, str], digits_root: Path) -> None:
     # The training job's own tasks: reads and decodes on the data node, workers on the head.
     where, data_node, head = _placement(env, "e2e-train")
     names = {name for name, _ in where["data_tasks"]}
-    assert any("ReadParquet" in n for n in names) and any("_decode_batch" in n for n in names), names
+    assert any("ReadVerifiedShard" in n for n in names) and any("_decode_batch" in n for n in names), names
     assert {node for _, node in where["data_tasks"]} == {data_node}, where["data_tasks"]
     assert len(where["train_workers"]) == 2
     assert {node for _, node in where["train_workers"]} == {head}, where["train_workers"]
