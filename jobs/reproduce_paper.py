@@ -20,6 +20,7 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
+from resnet_platform.data.checks import DataCheckError
 from resnet_platform.paper.reproduce import ReproduceConfig, reproduce
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
 
@@ -47,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         config.archs  # noqa: B018  (unknown depths fail here)
     except ValueError as err:
         parser.error(str(err))
-    outcome = reproduce(config)
+    try:
+        outcome = reproduce(config)
+    except (DataCheckError, FileNotFoundError) as err:  # the archive: one line naming it
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(Path(outcome.files["table6.md"]).read_text())
     for name, path in outcome.files.items():
         print(f"{name}: {path}")

@@ -201,6 +201,10 @@ def test_cifar_files_that_are_not_a_whole_archive_get_one_line_each(tmp_path):
     ):
         line = one_line_error(_cifar_job(path))
         assert str(path) in line and expected in line, line
+    # The paper's grid checks the archive on the driver too, before any trial reads it.
+    cmd = [sys.executable, str(REPO / "jobs" / "reproduce_paper.py"), "--data", str(missing), "--no-mlflow"]
+    line = one_line_error(subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path))
+    assert str(missing) in line and "no data_batch_3" in line, line
 
 
 def test_cifar_labels_outside_the_classes_are_refused(tmp_path):

@@ -213,6 +213,14 @@ def _open_source(uri: str) -> Callable[[str], bytes]:
     raise FileNotFoundError(f"{uri}: neither {FOLDER}/ nor {ARCHIVE} (nor the batches themselves) found")
 
 
+def check_cifar_source(uri: str) -> None:
+    """Fail in seconds, naming the file, unless ``uri`` opens as CIFAR-10 and holds every batch (the
+    members are read, not decoded): what a driver checks before it starts workers that each read it."""
+    read = _open_source(uri)
+    for name in (*TRAIN_BATCHES, TEST_BATCH, META):
+        read(name)
+
+
 def read_cifar10(uri: str) -> Cifar10:
     """Read all of CIFAR-10 (path, ``file://`` or ``s3://``; archive or extracted folder)."""
     read = _open_source(uri)

@@ -129,6 +129,9 @@ def reproduce(cfg: ReproduceConfig) -> ReproduceOutcome:
 
         tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
     cfg = replace(cfg, name=name, storage=store, data=data, tracking_uri=tracking_uri)
+    from resnet_platform.data.cifar import check_cifar_source
+
+    check_cifar_source(data)  # a bad archive fails here, naming it, not once in every trial
     ensure_ray()
     fs, root = storage.resolve(store)
     tuner = tune.Tuner(
