@@ -16,6 +16,7 @@ KUBERAY = REPO / "infra" / "kuberay"
 DATA_RESOURCE = "data_cpu"
 SECRET_LIKE = re.compile(r"(?i)(key|secret|token|password|credential)")
 
+
 # The flags of jobs/train_imagenet.py that deployments may use (its documented interface).
 def _train_flags() -> tuple[set[str], set[str]]:
     """(flags that take a value, switches) of train_imagenet.py, read from its own parser."""
@@ -25,7 +26,9 @@ def _train_flags() -> tuple[set[str], set[str]]:
 
     valued, switches = set(), set()
     for action in build_parser()._actions:
-        kind = switches if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction) else valued
+        kind = (
+            switches if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction) else valued
+        )
         kind.update(o for o in action.option_strings if o.startswith("--"))
     return valued, switches
 
