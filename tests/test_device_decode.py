@@ -121,7 +121,7 @@ def test_gpu_decode_stream_carries_bytes_and_labels_only(digits_shards, ray_loca
         digits_shards, "val", train=False, transform=TransformConfig(image_size=32), decode="gpu"
     )
     batch = next(iter(ds.iter_batches(batch_size=16, batch_format="numpy")))
-    assert set(batch) == {"image", "label"}
+    assert set(batch) == {"image", "label", "key"}  # keys name the images a worker cannot decode
     assert isinstance(batch["image"][0], bytes) and batch["image"][0][:2] == b"\xff\xd8"
 
 

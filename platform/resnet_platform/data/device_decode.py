@@ -46,6 +46,7 @@ class DeviceDecoder:
         self.skips_name = skips_name
         self.rng = rng if rng is not None else np.random.default_rng()
         self.skipped = 0
+        self.last_failures: list[dict] = []
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         datas = list(batch["image"])
@@ -61,6 +62,7 @@ class DeviceDecoder:
             crop = draw_crop_for(self.rng, image.shape[2], image.shape[1], self.transform, self.train)
             crops.append(transforms.crop_resize(image, crop, size))
             keep.append(i)
+        self.last_failures = failed
         if failed:
             self.skipped += len(failed)
             log.warning("skipping %d undecodable image(s), e.g. %s", len(failed), failed[0]["key"])

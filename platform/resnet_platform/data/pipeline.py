@@ -236,7 +236,7 @@ def build_split_dataset(
     the sequence of orders is reproducible. ``train=False``: deterministic order. ``include_key``
     adds each row's source path (as strings, for inspection; not for ``iter_torch_batches``).
     ``placement``: every read and decode task runs on the CPU data nodes it names (``data/placement.py``).
-    ``decode="gpu"``: rows stay ``{"image": JPEG bytes, "label"}`` (the read is all the CPU does);
+    ``decode="gpu"``: rows stay ``{"image": JPEG bytes, "label", "key"}`` (the read is all the CPU does);
     the training worker decodes and crops them on its device (``data/device_decode.py``).
     Every shard is checked against the manifest's sha256 before its rows are used (a mismatch fails
     naming the shard); images above ``max_image_pixels`` are skipped and recorded (None: no limit).
@@ -260,8 +260,8 @@ def build_split_dataset(
         uri,
         manifest,
         split,
-        # The GPU path reads only what the worker needs: no decode task, no keys.
-        columns=["image", "label", "key"] if decode == "cpu" or include_key else ["image", "label"],
+        # The GPU path keeps the keys: the worker names the images it cannot decode by them.
+        columns=["image", "label", "key"],
         shuffle=shuffle,
         max_image_pixels=max_image_pixels,
         skips_name=_skips_name(uri, split),
