@@ -89,9 +89,11 @@ class PeakMemory:
 
 def spilled_mb() -> float:
     """Bytes Ray has spilled to disk so far (Ray's memory summary), in MiB."""
+    import ray
     from ray._private.internal_api import memory_summary
 
-    text = memory_summary(stats_only=True)
+    # This Ray's own address: other Ray instances may run on the same machine.
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     match = re.search(r"Spilled (\d+) MiB", text)
     return float(match.group(1)) if match else 0.0
 
