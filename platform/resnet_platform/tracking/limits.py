@@ -34,6 +34,9 @@ class TrackingLimits:
     backoff_factor: int = 1
     retry_interval_s: float = 30.0  # while the server is down, try again at most this often
     max_buffered: int = 200_000  # metric points kept for later; the oldest step points go first
+    # After a successful fit the driver waits this long for a server that is down, so the run is
+    # still recorded (epochs, model, FINISHED) when the outage ends soon; the work is done by then.
+    final_wait_s: float = 60.0
 
 
 _lock = threading.Lock()

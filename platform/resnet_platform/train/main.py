@@ -104,8 +104,44 @@ class MlflowTracker:
         )
         return False
 
+    def wait_for_server(self) -> bool:
+        """Up to ``limits.final_wait_s`` for the server to answer (one warning if it is down)."""
+        from resnet_platform.tracking.limits import bounded_mlflow_http, is_outage
+        from resnet_platform.tracking.runs import client_for
+
+        deadline = time.monotonic() + self.limits.final_wait_s
+        warned = False
+        while True:
+            try:
+                with bounded_mlflow_http(self.limits):
+                    client_for(self.tracking_uri).get_run(self.run_id)
+                if warned:
+                    log.warning(
+                        "MLflow at %s answers again: recording run %s", self.tracking_uri, self.run_id
+                    )
+                return True
+            except Exception as e:
+                if not is_outage(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    return False
+                if not warned:
+                    log.warning(
+                        "MLflow at %s is not answering (%s): training is done; waiting up to %.0f s to "
+                        "record run %s",
+                        self.tracking_uri,
+                        _one_line(e),
+                        self.limits.final_wait_s,
+                        self.run_id,
+                    )
+                    warned = True
+                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
     def finish(self, config: TrainConfig, manifest: Manifest, outcome: TrainingOutcome) -> None:
-        """Artifacts (config, curves, final metrics, model summary) and the best model."""
+        """Artifacts (config, curves, final metrics, model summary) and the best model.
+
+        Waits (bounded) for a server that is down; whatever still cannot be logged is one warning
+        each, and the run is marked FINISHED when the server takes it."""
         from resnet_platform.models.summary import format_table
         from resnet_platform.tracking.curves import plot_error_curves
         from resnet_platform.tracking.inference import ModelSpec
@@ -114,6 +150,7 @@ class MlflowTracker:
         from resnet_platform.tracking.params import redact
         from resnet_platform.tracking.worker_logger import RunLogger
 
+        self.wait_for_server()
         with (
             RunLogger(self.tracking_uri, self.run_id, limits=self.limits) as run,
             tempfile.TemporaryDirectory() as tmp,
