@@ -247,3 +247,98 @@ def test_read_only_credentials_are_refused_before_training(
     assert secret not in message and "\n" not in message
     listed = s3_client().list_objects_v2(Bucket="read-only-bucket")
     assert listed.get("KeyCount", 0) == 0, "nothing was written: refused before any worker started"
+
+
+class FlakyProxy:
+    """A TCP proxy on 127.0.0.1 in front of the S3 server that drops the next N connections
+    unanswered (closed at once, as a restarting load balancer does) and forwards the others."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+        import threading
+
+        host, port = target.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.to_drop = 0
+        self.dropped = 0
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        self.server.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                continue
+            if self.to_drop:
+                self.to_drop -= 1
+                self.dropped += 1
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.close()
+
+
+def test_a_failed_checkpoint_copy_is_retried(s3_server, tmp_path, monkeypatch):
+    """The copy Ray Train makes for a checkpoint (``pyarrow.fs.copy_files`` into the storage
+    filesystem), under ``storage.with_retries`` as ``persist_with_retries`` runs it: dropped
+    connections cost a retry, not the attempt. The SDK's own retries are off here (1 attempt) so
+    the drop reaches our layer; without it the same drop fails the copy."""
+    from resnet_platform.storage import S3Limits, with_retries
+
+    bucket = s3_server.new_bucket()
+    proxy = FlakyProxy(s3_server.endpoint)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        monkeypatch.setenv(ATTEMPTS_ENV, "1")
+        local = tmp_path / "checkpoint"
+        local.mkdir()
+        (local / "state.pt").write_bytes(b"weights" * 1000)
+        (local / "model_config.json").write_text("{}")
+        fs, path = resolve(f"s3://{bucket}/runs/r/checkpoint_epoch_0001")
+
+        proxy.to_drop = 1
+        with pytest.raises(OSError):
+            pafs.copy_files(str(local), path, destination_filesystem=fs, use_threads=False)
+
+        proxy.to_drop = 2
+        with_retries(
+            lambda: pafs.copy_files(str(local), path, destination_filesystem=fs, use_threads=False),
+            f"checkpoint upload to {path}",
+            S3Limits(max_attempts=4, backoff_s=0.1),
+        )
+        assert proxy.dropped == 3
+        keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]}
+        assert keys == {
+            "runs/r/checkpoint_epoch_0001/state.pt",
+            "runs/r/checkpoint_epoch_0001/model_config.json",
+        }
+    finally:
+        proxy.close()

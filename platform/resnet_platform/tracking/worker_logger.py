@@ -256,6 +256,7 @@ class RunLogger:
                 f" ({self._dropped} dropped while it was down)" if self._dropped else "",
             )
             self._down_since, self._dropped = None, 0
+            self._revive_system_metrics()
 
     def _outage(self, error: BaseException) -> None:
         now = time.monotonic()
@@ -338,6 +339,7 @@ class RunLogger:
         except ImportError:
             log.warning("psutil is not installed: MLflow system metrics are not logged")
             return False
+        self._system_args = (sampling_interval, node_id)
         self._system_monitor = SystemMetricsMonitor(
             self.run_id,
             sampling_interval=sampling_interval,
@@ -347,6 +349,19 @@ class RunLogger:
         )
         self._system_monitor.start()
         return True
+
+    def _revive_system_metrics(self) -> None:
+        """MLflow's sampler thread ends at its first failed call: start it again after an outage."""
+        monitor = self._system_monitor
+        thread = getattr(monitor, "_process", None)
+        if monitor is None or thread is None or thread.is_alive():
+            return
+        self._system_monitor = None
+        try:
+            monitor.finish()
+            self.start_system_metrics(*self._system_args)
+        except Exception as e:
+            log.warning("MLflow system metrics not restarted: %s", _one_line(e))
 
     def close(self) -> None:
         """Flush (one more try even mid-outage), stop the sampler, and say once what was lost."""
