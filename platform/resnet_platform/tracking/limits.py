@@ -11,6 +11,7 @@ system-metrics sampler) see the bounded values too, which is what we want there.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -42,6 +43,18 @@ class TrackingLimits:
 _lock = threading.Lock()
 _depth = 0
 _saved: dict[str, str | None] = {}
+_URLLIB3 = logging.getLogger("urllib3.connectionpool")
+
+
+class _NoRetryChatter(logging.Filter):
+    """urllib3 logs a WARNING for every retry of a refused connection; during an outage the
+    platform says it once itself. Installed only while a scope is open."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Retrying (")
+
+
+_quiet = _NoRetryChatter()
 
 
 @contextmanager
@@ -64,6 +77,7 @@ def bounded_mlflow_http(limits: TrackingLimits | None = None) -> Iterator[None]:
             for key, value in values.items():
                 _saved[key] = os.environ.get(key)
                 os.environ[key] = value
+            _URLLIB3.addFilter(_quiet)
         _depth += 1
     try:
         yield
@@ -77,6 +91,7 @@ def bounded_mlflow_http(limits: TrackingLimits | None = None) -> Iterator[None]:
                     else:
                         os.environ[key] = value
                 _saved.clear()
+                _URLLIB3.removeFilter(_quiet)
 
 
 def is_outage(error: BaseException) -> bool:
