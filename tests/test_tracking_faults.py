@@ -142,3 +142,59 @@ def test_mlflow_killed_after_epoch_1_run_finishes_with_every_checkpoint_and_epoc
     assert epoch2[0].timestamp > killed  # measured during the outage, delivered after it
     assert outcome.model_version is None and outcome.extra.get("model_uri"), "best model logged"
     assert outcome.extra.get("mlflow_closed") is True
+
+
+def test_mlflow_down_at_start_is_refused_in_one_line(digits_shards, ray_local, tmp_path):
+    """Nothing is lost yet, so a tracking server that does not answer is a setup error, in seconds."""
+    from fixtures.ports import free_port
+    from test_train import small_config
+
+    from resnet_platform.train.main import TrackingUnavailableError
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    config = small_config(digits_shards, tmp_path, name="no-server", tracking_uri=uri, mlflow_timeout_s=2)
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match=f"MLflow at {uri} is not answering.*--no-mlflow"):
+        train_and_track(config)
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "no-server").exists(), "refused before Ray Train started"
+
+
+@pytest.mark.slow
+def test_failed_fit_with_mlflow_down_raises_the_real_error(
+    digits_shards, ray_local, tmp_path, restartable_mlflow_server, caplog
+):
+    """The fit fails while MLflow is down: the injected fault comes out, not MLflow's error, after
+    two bounded tries to mark the run FAILED and one line saying it stays RUNNING."""
+    from test_train import small_config
+
+    from resnet_platform.train import FaultInjection
+
+    server = restartable_mlflow_server
+    client = MlflowClient(server.uri)
+    config = small_config(
+        digits_shards,
+        tmp_path,
+        name="fails",
+        epochs=2,
+        num_workers=1,
+        tracking_uri=server.uri,
+        experiment="outage-fail",
+        mlflow_timeout_s=2,
+        mlflow_retry_interval_s=2.0,
+        fault=FaultInjection(epoch=1, step=0, kind="raise"),
+    )
+    caplog.set_level(logging.ERROR, logger="resnet_platform.train.main")
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(train_and_track, config)
+        _wait_for(
+            lambda: future.done() or (tmp_path / "fails" / "checkpoint_epoch_0001").exists(), 300, "epoch 1"
+        )
+        server.kill()
+        with pytest.raises(Exception, match="injected fault"):
+            future.result(timeout=300)
+    lines = [r.getMessage() for r in caplog.records if "could not mark MLflow run" in r.getMessage()]
+    assert len(lines) == 1 and "FAILED" in lines[0] and "stays RUNNING" in lines[0], lines
+    server.start()
+    runs = client.search_runs([client.get_experiment_by_name("outage-fail").experiment_id])
+    assert runs[0].info.status == "RUNNING"  # as the line says

@@ -157,8 +157,16 @@ class MlflowTracker:
         ):
             # Epochs rank 0 could not deliver (MLflow was down when it closed) come from the
             # checkpoint's history; epochs the run already holds are skipped by log_epoch.
-            for row in outcome.history:
+            held = run.last_epoch  # None while the server's history is unknown: filtered on send
+            missing = [r for r in outcome.history if held is None or int(r["epoch"]) > held]
+            for row in missing:
                 run.log_epoch(int(row["epoch"]), row, step=int(row["step"]))
+            if missing and held is not None:
+                log.warning(
+                    "MLflow run %s: epochs %s logged from the checkpoint's history (rank 0 could not send them)",
+                    self.run_id,
+                    ", ".join(str(int(r["epoch"])) for r in missing),
+                )
             run.log_dict(redact({k: v for k, v in config.to_dict().items() if k != "fault"}), "config.json")
             run.log_dict({"final": outcome.final, "best": outcome.best_metrics}, "final_metrics.json")
             run.log_text(format_table([config.arch]), "model_summary.md")
