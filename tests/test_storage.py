@@ -237,7 +237,7 @@ def test_read_only_credentials_are_refused_before_training(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     check_reachable("s3://read-only-bucket/runs")  # HeadBucket alone lets these credentials through
-    config = small_config(digits_shards, Path("unused"), storage="s3://read-only-bucket/runs", name="ro")
+    config = small_config(digits_shards, "s3://read-only-bucket/runs", name="ro")
     t0 = time.monotonic()
     with pytest.raises(StorageError) as err:
         run_training(config)
