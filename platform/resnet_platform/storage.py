@@ -145,7 +145,10 @@ def s3_client(limits: S3Limits | None = None, *, max_attempts: int | None = None
         read_timeout=limits.request_timeout_s,
         retries={"max_attempts": max_attempts or limits.max_attempts, "mode": "standard"},
     )
-    return boto3.client("s3", endpoint_url=s3_endpoint(), region_name=_region(), config=config)
+    # A new session reads the credentials from the environment now: boto3's default session keeps
+    # the first ones it found for the life of the process.
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=s3_endpoint(), region_name=_region(), config=config)
 
 
 def with_retries(fn: Callable[[], T], what: str, limits: S3Limits | None = None) -> T:
