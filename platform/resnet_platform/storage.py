@@ -156,11 +156,12 @@ def with_retries(fn: Callable[[], T], what: str, limits: S3Limits | None = None)
     network's errors); the last error is raised naming ``what``. For whole operations that the
     SDK's per-request retries do not cover, such as copying a checkpoint directory."""
     limits = limits or S3Limits.from_env()
-    for attempt in range(1, limits.max_attempts + 1):
+    attempts = max(1, limits.max_attempts)
+    for attempt in range(1, attempts + 1):
         try:
             return fn()
         except OSError as e:
-            if attempt == limits.max_attempts:
+            if attempt == attempts:
                 raise StorageError(f"{what}: failed after {attempt} attempts: {_one_line(e)}") from e
             pause = limits.backoff_s * 2 ** (attempt - 1)
             log.warning("%s: attempt %d failed (%s); retrying in %.0f s", what, attempt, _one_line(e), pause)
