@@ -13,8 +13,9 @@ import sys
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
 from resnet_platform.data.checks import DataCheckError
+from resnet_platform.storage import StorageError
 from resnet_platform.train.cli import build_parser, config_from_args
-from resnet_platform.train.main import format_report, train_and_track
+from resnet_platform.train.main import TrackingUnavailableError, format_report, train_and_track
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
+    # Bad data (named data set, split or shard), storage or MLflow the run cannot use: one line.
     try:
         outcome = train_and_track(config, track=not args.no_mlflow)
-    except DataCheckError as err:  # bad data: one line naming the data set, split or shard
+    except (DataCheckError, StorageError, TrackingUnavailableError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
     print(format_report(outcome))
     return 0

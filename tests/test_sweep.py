@@ -288,3 +288,35 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     assert len(results) == 1 and len(results[0].read_text().splitlines()) == 2
     parents = [r for r in children() if r.data.tags.get("sweep.role") == "sweep"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_best_checkpoint_is_the_one_ray_train_recorded_with_its_own_metrics(
+    digits_shards, ray_local, tmp_path
+):
+    """With --checkpoint-every 2 the best epoch may have no checkpoint: the sweep must register the
+    checkpoint Ray Train recorded as best and log that checkpoint's metrics, not the best epoch's."""
+    from resnet_platform import storage
+    from resnet_platform.train.checkpoint import load_checkpoint
+    from resnet_platform.train.runner import run_training
+    from resnet_platform.tune.sweep import best_recorded_checkpoint
+
+    outcome = run_training(base_config(digits_shards, tmp_path, epochs=3, checkpoint_every=2, name="every2"))
+    run_dir = Path(outcome.run_path)
+    assert sorted(p.name for p in run_dir.glob("checkpoint_epoch_*")) == [
+        "checkpoint_epoch_0002",
+        "checkpoint_epoch_0003",
+    ]
+    # A half-written directory, as an interrupted upload leaves: a storage listing would take it.
+    (run_dir / "checkpoint_epoch_0004").mkdir()
+
+    fs, path = storage.resolve(outcome.run_path)
+    checkpoint, metrics = best_recorded_checkpoint(fs, path)
+    checkpointed = [h for h in outcome.history if int(h["epoch"]) in (2, 3)]
+    expected = min(checkpointed, key=lambda h: h["val_top1_error"])
+    assert int(metrics["epoch"]) == int(expected["epoch"])
+    assert metrics["val_top1_error"] == pytest.approx(expected["val_top1_error"])
+    assert Path(checkpoint.path).name == f"checkpoint_epoch_{int(expected['epoch']):04d}"
+    with checkpoint.as_directory() as directory:
+        assert load_checkpoint(directory)["epoch"] == int(metrics["epoch"])  # the weights' own metrics
+    assert best_recorded_checkpoint(fs, str(tmp_path / "no-such-trial")) is None

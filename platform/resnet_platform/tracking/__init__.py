@@ -27,6 +27,7 @@ from .inference import (
     image_from_request,
     load_from_files,
 )
+from .limits import TrackingLimits, bounded_mlflow_http
 from .model_logging import LoggedModelInfo, log_resnet_model, save_resnet_model
 from .params import flatten_params, redact, redact_text
 from .registry import (
@@ -63,7 +64,9 @@ __all__ = [
     "Prediction",
     "Preprocess",
     "RunLogger",
+    "TrackingLimits",
     "alias_version",
+    "bounded_mlflow_http",
     "check_rows",
     "client_for",
     "decide_promotion",

@@ -3,6 +3,8 @@
 The driver creates the run and hands its id to the Ray Train workers (rank 0 logs with
 :class:`~resnet_platform.tracking.worker_logger.RunLogger`). Everything goes through an explicit
 ``MlflowClient(tracking_uri)``; nothing global (``mlflow.set_tracking_uri``, active runs) is touched.
+Each lifecycle call runs under MLflow HTTP deadlines (:mod:`.limits`; a caller's own scope wins),
+so a server that is down costs seconds, not minutes of MLflow's default retries.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
+from .limits import bounded_mlflow_http
 from .params import MAX_TAG_VALUE_LENGTH, flatten_params, redact, sanitize_key, to_str
 
 log = logging.getLogger(__name__)
@@ -109,6 +112,7 @@ def _log_params_and_tags(
         client.log_batch(run_id, tags=tag_list[i : i + _BATCH])
 
 
+@bounded_mlflow_http()
 def start_run(
     tracking_uri: str | None,
     experiment: str,
@@ -144,12 +148,14 @@ def start_run(
     return run_id
 
 
+@bounded_mlflow_http()
 def end_run(tracking_uri: str | None, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run FINISHED (or FAILED / KILLED)."""
     RunStatus.from_string(status)  # raises on a typo
     client_for(tracking_uri).set_terminated(run_id, status=status)
 
 
+@bounded_mlflow_http()
 def find_run(tracking_uri: str | None, experiment: str, run_name: str) -> str | None:
     """The id of the most recent run named ``run_name`` in ``experiment``, or None."""
     client = client_for(tracking_uri)

@@ -101,3 +101,24 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
 
 def load_model_config(directory: str | Path) -> dict[str, Any]:
     return json.loads((Path(directory) / MODEL_CONFIG_FILE).read_text())
+
+
+def persist_with_retries(checkpoint, checkpoint_dir_name: str):
+    """Ray Train's own checkpoint upload, tried again with backoff when it fails.
+
+    ``ray.train.report(checkpoint_upload_fn=...)`` calls this instead of
+    ``StorageContext.persist_current_checkpoint`` (Ray 2.60, ``v2/_internal/execution/context.py``),
+    which copies once through the pyarrow filesystem and fails the attempt on the first error. The
+    S3 SDK retries single requests; this retries the whole copy (files are overwritten, so a
+    half-copied directory is completed), so a transient outage costs seconds, not the epoch.
+    """
+    import ray.train
+
+    from resnet_platform import storage
+
+    store = ray.train.get_context().get_storage()
+    target = store.build_checkpoint_path_from_name(checkpoint_dir_name)
+    return storage.with_retries(
+        lambda: store.persist_current_checkpoint(checkpoint, checkpoint_dir_name),
+        f"checkpoint upload to {target}",
+    )

@@ -14,6 +14,7 @@ from typing import Any
 
 from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_SKIPPED_FRACTION
 from resnet_platform.settings import setting
+from resnet_platform.tracking.limits import TrackingLimits
 
 LR_SCHEDULES = ("step", "plateau", "cosine")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -175,6 +176,15 @@ class TrainConfig:
     register_as: str | None = setting(None, "register the best model under this name", group="tracking")
     mlflow_run_id: str | None = setting(None, group="tracking", cli=False)  # set by the driver
     log_every_steps: int = setting(10, "steps between rank 0's step metrics", group="tracking")
+    # MLflow calls from the driver and rank 0 have deadlines; an outage never stops training.
+    mlflow_timeout_s: int = setting(
+        TrackingLimits.timeout_s, "seconds per MLflow request (one retry)", group="tracking"
+    )
+    mlflow_retry_interval_s: float = setting(
+        TrackingLimits.retry_interval_s,
+        "while MLflow is down, seconds between tries (metrics are buffered meanwhile)",
+        group="tracking",
+    )
     fault: FaultInjection | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -229,6 +239,11 @@ class TrainConfig:
         if "://" in self.storage:
             return self.storage
         return os.path.abspath(self.storage)
+
+    def tracking_limits(self) -> TrackingLimits:
+        return dataclasses.replace(
+            TrackingLimits(), timeout_s=self.mlflow_timeout_s, retry_interval_s=self.mlflow_retry_interval_s
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,7 +26,7 @@ from resnet_platform.data.checks import check_skip_budget
 from resnet_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION_STATS
 from resnet_platform.models import build_model
 
-from .checkpoint import TrainingState, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import TrainingState, load_checkpoint, persist_with_retries, restore_rng, save_checkpoint
 from .config import TrainConfig
 from .metrics import all_reduce_max, all_reduce_sum, topk_correct
 from .optim import EpochSchedule, build_optimizer
@@ -257,7 +257,7 @@ def _open_logger(config: TrainConfig, rank: int):
         return None
     from resnet_platform.tracking.worker_logger import RunLogger
 
-    logger = RunLogger(config.tracking_uri, config.mlflow_run_id)
+    logger = RunLogger(config.tracking_uri, config.mlflow_run_id, limits=config.tracking_limits())
     logger.start_system_metrics()  # CPU, memory, GPU of rank 0's node
     return logger
 
@@ -345,8 +345,6 @@ def train_loop_per_worker(config_dict: dict) -> None:
         state.history.append({k: float(v) for k, v in metrics.items()})
         if rank == 0:
             print(format_epoch(metrics, config.epochs), flush=True)
-        if ctx.logger is not None:
-            ctx.logger.log_epoch(state.epoch, metrics, step=state.step)
         save_now = state.epoch % config.checkpoint_every == 0 or state.epoch == config.epochs
         with tempfile.TemporaryDirectory() as tmp:
             report_checkpoint = None
@@ -366,6 +364,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 metrics,
                 checkpoint=report_checkpoint,
                 checkpoint_dir_name=f"checkpoint_epoch_{state.epoch:04d}" if save_now else None,
+                checkpoint_upload_fn=persist_with_retries,
             )
+        # Only now, with the epoch's checkpoint in storage, tell MLflow (which may be down).
+        if ctx.logger is not None:
+            ctx.logger.log_epoch(state.epoch, metrics, step=state.step)
     if ctx.logger is not None:
         ctx.logger.close()

@@ -163,33 +163,39 @@ def run_training(
     ``callbacks`` go to Ray Train's RunConfig (a Tune trial's ``TuneReportCallback``)."""
     if (datasets is None) != (manifest is None):
         raise ValueError("pass datasets and manifest together")
+    if datasets is None and storage.is_s3(config.data):
+        storage.check_reachable(config.data)  # one line within the S3 deadline, not a pyarrow stall
     if manifest is None:
         manifest = read_manifest(config.data)
         check_prepared_data(config.data, manifest)  # splits not empty, labels inside the class count
     else:
         check_splits(config.data, manifest)
-    if storage.is_s3(config.storage_uri()):
-        storage.check_reachable(config.storage_uri())
+    # Write access, proved with a probe object: read-only credentials fail here, not an epoch later.
+    storage.check_writable(config.storage_uri())
     config = prepare_config(config, manifest)
     check_run_name(config)
     ensure_ray()
-    if tracker is not None:
-        config = replace(config, mlflow_run_id=tracker.open(config, manifest))
-    trainer = build_trainer(
-        config, datasets if datasets is not None else build_datasets(config), callbacks=callbacks
-    )
     try:
-        result = trainer.fit()
-    except Exception as err:
         if tracker is not None:
-            tracker.close(failed=True)
-        data_error = find_data_error(err)  # a corrupt shard, the skip budget: one line, not a traceback
-        if data_error is not None:
+            config = replace(config, mlflow_run_id=tracker.open(config, manifest))
+        trainer = build_trainer(
+            config, datasets if datasets is not None else build_datasets(config), callbacks=callbacks
+        )
+        result = trainer.fit()
+    except BaseException as err:
+        if tracker is not None:  # bounded, and never raises over ``err``
+            tracker.close(failed=True, status="KILLED" if isinstance(err, KeyboardInterrupt) else None)
+        data_error = find_data_error(err) if isinstance(err, Exception) else None
+        if data_error is not None:  # a corrupt shard, the skip budget: one line, not a traceback
             raise data_error from err
         raise
     outcome = summarize(config, result)
     if tracker is not None:
-        tracker.finish(config, manifest, outcome)
+        try:
+            tracker.finish(config, manifest, outcome)
+        except BaseException:
+            tracker.close(failed=True)
+            raise
     return outcome
 
 

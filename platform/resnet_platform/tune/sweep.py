@@ -115,11 +115,9 @@ class TrialTracker:
         return self._inner.run_id
 
     def open(self, config: TrainConfig, manifest) -> str:
+        from resnet_platform.tracking.limits import bounded_mlflow_http
         from resnet_platform.tracking.runs import start_run
 
-        existing = find_child_runs(self.tracking_uri, config.experiment, self.parent_run_id).get(
-            self.trial_id
-        )
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "sweep.name": self.sweep_name,
@@ -132,13 +130,17 @@ class TrialTracker:
         }
         params = {k: v for k, v in config.to_dict().items() if k not in ("mlflow_run_id", "fault")}
         run_name = f"{config.arch}-lr{config.base_lr:.3g}-{self.trial_id}"
-        self._inner.run_id = start_run(
-            self.tracking_uri, config.experiment, run_name, params, tags, existing_run_id=existing
-        )
+        self._inner.limits = config.tracking_limits()
+        with bounded_mlflow_http(self._inner.limits):
+            children = find_child_runs(self.tracking_uri, config.experiment, self.parent_run_id)
+            existing = children.get(self.trial_id)
+            self._inner.run_id = start_run(
+                self.tracking_uri, config.experiment, run_name, params, tags, existing_run_id=existing
+            )
         return self._inner.run_id
 
-    def close(self, failed: bool = False) -> None:
-        self._inner.close(failed)
+    def close(self, failed: bool = False, status: str | None = None) -> bool:
+        return self._inner.close(failed, status)
 
     def finish(self, config: TrainConfig, manifest, outcome) -> None:
         # The model is logged for the best trial only, by the driver, once all trials are done.
@@ -286,8 +288,7 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
     manifest = read_manifest(base.data)
     check_prepared_data(base.data, manifest)  # before any trial starts: splits, label range
     base = replace(base, num_classes=len(manifest.classes), storage=base.storage_uri())
-    if storage.is_s3(base.storage):
-        storage.check_reachable(base.storage)
+    storage.check_writable(base.storage)  # write access proved before any trial starts
     name = config.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     fs, root = storage.resolve(base.storage)
     sweep_uri = storage.join(base.storage, name)
@@ -452,20 +453,28 @@ def _tag_best(tracking_uri: str, parent_run_id: str, best: TrialRow) -> None:
         client.set_tag(best.mlflow_run_id, "sweep.best", "true")
 
 
-def _best_checkpoint(fs: pafs.FileSystem, trials_uri: str, row: TrialRow):
-    """The trial's checkpoint of its best epoch (kept by the best-K policy), else its latest."""
-    import ray.train
+def best_recorded_checkpoint(fs: pafs.FileSystem, trial_path: str) -> tuple[Any, dict[str, Any]] | None:
+    """The checkpoint Ray Train recorded as the trial's best, with the metrics reported with it.
 
-    _, trial_path = storage.resolve(storage.join(trials_uri, row.trial))
-    infos = fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
-    by_epoch = {}
-    for info in infos:
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_epoch_"):
-            by_epoch[int(info.base_name.rsplit("_", 1)[1])] = info.path
-    if not by_epoch:
+    Read from the run's own record (``Result.from_path``: the checkpoint manager's snapshot, which
+    lists only checkpoints whose upload finished), never by listing storage: a listing can return a
+    half-written directory, and with ``--checkpoint-every > 1`` the best epoch may have no
+    checkpoint at all. Returns None when the trial registered no checkpoint.
+    """
+    from ray.train import Result
+
+    try:
+        result = Result.from_path(trial_path, storage_filesystem=fs)
+    except RuntimeError as e:  # no run folder or no snapshot: the trial never reported a checkpoint
+        log.warning("no Ray Train record at %s: %s", trial_path, e)
         return None
-    path = by_epoch.get(row.best_epoch) or by_epoch[max(by_epoch)]
-    return ray.train.Checkpoint(path=path, filesystem=fs)
+    scored = [
+        (c, m) for c, m in result.best_checkpoints or [] if m and not math.isnan(m.get(METRIC, math.nan))
+    ]
+    if not scored:
+        return None
+    checkpoint, metrics = min(scored, key=lambda cm: cm[1][METRIC])
+    return checkpoint, dict(metrics)
 
 
 def _as_dict(value) -> dict:
@@ -480,10 +489,12 @@ def _log_best_model(tracking_uri, fs, trials_uri, outcome: SweepOutcome, registe
     from resnet_platform.train.runner import TrainingOutcome
 
     best = outcome.best
-    checkpoint = _best_checkpoint(fs, trials_uri, best)
-    if checkpoint is None:
+    _, trial_path = storage.resolve(storage.join(trials_uri, best.trial))
+    recorded = best_recorded_checkpoint(fs, trial_path)
+    if recorded is None:
         log.warning("best trial %s left no checkpoint: no model logged", best.trial)
         return None
+    checkpoint, best_metrics = recorded
     with checkpoint.as_directory() as directory:
         state = load_checkpoint(directory)
     config = replace(
@@ -492,9 +503,7 @@ def _log_best_model(tracking_uri, fs, trials_uri, outcome: SweepOutcome, registe
         mlflow_run_id=best.mlflow_run_id,
     )
     history = list(state["history"])
-    best_metrics = next(
-        (h for h in history if int(h["epoch"]) == best.best_epoch), history[-1] if history else {}
-    )
+    outcome.extra["best_checkpoint_metrics"] = best_metrics  # the weights' own, not the best epoch's
     trial_outcome = TrainingOutcome(
         name=best.trial,
         run_path=storage.join(trials_uri, best.trial),
@@ -503,7 +512,7 @@ def _log_best_model(tracking_uri, fs, trials_uri, outcome: SweepOutcome, registe
         best_metrics=dict(best_metrics),
         mlflow_run_id=best.mlflow_run_id,
     )
-    tracker = MlflowTracker(tracking_uri)
+    tracker = MlflowTracker(tracking_uri, base.tracking_limits())
     tracker.run_id = best.mlflow_run_id
     tracker.finish(config, manifest, trial_outcome)
     outcome.extra["model_uri"] = trial_outcome.extra.get("model_uri")
