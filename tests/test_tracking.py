@@ -592,3 +592,16 @@ def test_embedded_sqlite_default_roundtrip(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), net(x), atol=1e-6)
     assert loaded.class_names == [str(i) for i in range(10)]
+
+
+def test_sqlite_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
+    """make demo's promise: everything under its output folder, nothing in the working directory."""
+    from resnet_platform.tracking.runs import client_for, get_or_create_experiment
+
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "out" / "mlflow.db"
+    store.parent.mkdir()
+    client = client_for(f"sqlite:///{store}")
+    experiment = client.get_experiment(get_or_create_experiment(client, "beside"))
+    assert experiment.artifact_location == (store.parent / "mlartifacts").as_uri()
+    assert not (tmp_path / "mlruns").exists()

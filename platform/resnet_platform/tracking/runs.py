@@ -51,6 +51,17 @@ def client_for(tracking_uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def artifact_location_for(tracking_uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a SQLite store (``<its folder>/mlartifacts``).
+
+    MLflow's own default for a database store is ``./mlruns`` in the working directory, which
+    scatters artifacts wherever a job happens to start (``make demo`` left them outside
+    ``demo-output/``). Servers and file stores keep their own defaults (None)."""
+    if not tracking_uri.startswith("sqlite:////"):  # resolve_tracking_uri makes SQLite paths absolute
+        return None
+    return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+
+
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -58,7 +69,7 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location_for(client.tracking_uri))
     except MlflowException:  # another process created it between the two calls
         exp = client.get_experiment_by_name(name)
         if exp is None:
