@@ -57,11 +57,14 @@ class PeakMemory:
         import psutil
         import ray
 
-        driver = psutil.Process().memory_info().rss
+        me = psutil.Process()
+        driver = me.memory_info().rss
         workers = 0
-        for proc in psutil.process_iter(["cmdline"]):
+        # This Ray's workers only (ray.init started Ray under this process): other Ray instances on
+        # the machine are not ours to count.
+        for proc in me.children(recursive=True):
             try:
-                if "ray::" in " ".join(proc.info["cmdline"] or []):
+                if "ray::" in " ".join(proc.cmdline()):
                     workers += proc.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
