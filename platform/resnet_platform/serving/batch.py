@@ -344,6 +344,10 @@ def batch_predict(config: BatchPredictConfig) -> BatchPredictSummary:
         batch_format="numpy",
         num_cpus=config.decode_cpus,
         **data_task_args(config.data_node_resource),
+        # Keeps decoding its own CPU stage: Ray Data fuses a task map into the next actor map when
+        # their remote args match, which would decode inside the model actors, serially with the
+        # forward pass and off the data nodes. A remote-args function is never fused.
+        ray_remote_args_fn=functools.partial(data_task_args, config.data_node_resource),
     )
     ds = ds.map_batches(
         TopKPredictor,
