@@ -15,9 +15,11 @@ import os
 import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
+from mlflow.exceptions import MlflowException
 
 from resnet_platform.serving.batch import BatchPredictConfig, BatchPredictError, batch_predict, ensure_ray
 from resnet_platform.serving.cli import build_parser, config_from_args
+from resnet_platform.storage import StorageError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_ray()
     try:
         summary = batch_predict(config)
-    except (BatchPredictError, ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"batch_predict.py: error: {err}\n")
+    except (BatchPredictError, ValueError, FileNotFoundError, MlflowException, StorageError) as err:
+        parser.exit(2, f"batch_predict.py: error: {str(err).splitlines()[0]}\n")
     print(summary.format())
     return 0
 

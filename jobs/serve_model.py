@@ -16,6 +16,7 @@ import sys
 import time
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
+from mlflow.exceptions import MlflowException
 
 from resnet_platform.serving.cli import build_parser, config_from_args
 from resnet_platform.serving.serve import ServeConfig, start_serving
@@ -38,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
     try:
         url = start_serving(config)
-    except ValueError as err:
-        parser.exit(2, f"serve_model.py: error: {err}\n")
+    except (ValueError, MlflowException) as err:
+        parser.exit(2, f"serve_model.py: error: {str(err).splitlines()[0]}\n")
     print(f"serving {config.model} at {url}", flush=True)
     if args.detach:
         return 0
