@@ -75,6 +75,7 @@ def _check_against_predict_topk(table, model, images: dict[str, object], k: int 
         assert np.allclose(row["top_probabilities"], [p.probability for p in top], atol=1e-5)
 
 
+@pytest.mark.slow  # Ray Data actors pulling a model: ~15 s idle, minutes on a loaded 2-core box
 def test_folder_job_matches_predict_topk_and_lists_corrupt(
     ray_local, model_dir, image_folder, tmp_path, capsys
 ):
@@ -111,8 +112,27 @@ def test_folder_job_matches_predict_topk_and_lists_corrupt(
         job.main(argv)
     assert exc.value.code == 2
     assert "already holds files" in capsys.readouterr().err
-    assert job.main([*argv, "--overwrite"]) == 0
-    assert read_predictions(str(out)).num_rows == 32
+
+
+def test_decode_lists_failures_with_the_models_crop(model_dir, image_folder):
+    """The decode stage is the model's own Preprocess.crop; a corrupt file becomes an error string."""
+    from resnet_platform.serving.batch import _decode
+    from resnet_platform.tracking import Preprocess
+
+    pre = Preprocess.from_spec(digits_spec())
+    good = next(image_folder.rglob("*.JPEG"))
+    out = _decode(
+        {
+            "bytes": np.array([good.read_bytes(), CORRUPT], dtype=object),
+            "path": np.array(["r/a.jpg", "x.jpg"]),
+        },
+        preprocess=pre,
+        root="r",
+    )
+    assert out["key"].tolist() == ["a.jpg", "x.jpg"] and out["label"].tolist() == [-1, -1]
+    assert out["error"][0] == "" and out["error"][1].startswith(("OSError", "UnidentifiedImageError"))
+    assert np.array_equal(out["image"][0], pre.crop(str(good)))
+    assert torch.equal(pre.normalize(torch.from_numpy(out["image"][:1]))[0], pre(str(good)))
 
 
 def test_missing_input_is_one_line(model_dir, tmp_path):
