@@ -10,6 +10,7 @@ Undecodable files are listed with their error. On a cluster: ray job submit ... 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -18,14 +19,22 @@ import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 from mlflow.exceptions import MlflowException
 
 from resnet_platform.serving.batch import BatchPredictConfig, BatchPredictError, batch_predict, ensure_ray
-from resnet_platform.serving.cli import build_parser, config_from_args
+from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
 from resnet_platform.storage import StorageError
+
+
+class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, the usage examples in the description kept as written."""
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    parser = build_parser(BatchPredictConfig, "batch_predict.py", __doc__)
-    config = config_from_args(BatchPredictConfig, parser.parse_args(argv))
+    parser = argparse.ArgumentParser(
+        prog="batch_predict.py", description=__doc__, formatter_class=_HelpFormatter
+    )
+    groups = {"model": "model", "data": "input and placement", "compute": "model actors", "output": "output"}
+    add_flags(parser, BatchPredictConfig, groups=groups, required=("model", "input", "output"))
+    config = BatchPredictConfig(**values_from_args(parser.parse_args(argv), BatchPredictConfig))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ensure_ray()
     try:

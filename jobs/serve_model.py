@@ -10,6 +10,7 @@ with --detach it returns and leaves the application running on the cluster.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -18,18 +19,32 @@ import time
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 from mlflow.exceptions import MlflowException
 
-from resnet_platform.serving.cli import build_parser, config_from_args
 from resnet_platform.serving.serve import ServeConfig, start_serving
+from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
+
+
+class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, the usage examples in the description kept as written."""
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    parser = build_parser(ServeConfig, "serve_model.py", __doc__)
+    parser = argparse.ArgumentParser(
+        prog="serve_model.py", description=__doc__, formatter_class=_HelpFormatter
+    )
+    groups = {
+        "model": "model",
+        "http": "endpoint",
+        "scaling": "replicas",
+        "batching": "request batching",
+        "limits": "input limits",
+    }
+    add_flags(parser, ServeConfig, groups=groups, required=("model",))
     parser.add_argument(
         "--detach", action="store_true", help="deploy and return; the application keeps running"
     )
     args = parser.parse_args(argv)
-    config = config_from_args(ServeConfig, args)
+    config = ServeConfig(**values_from_args(args, ServeConfig))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     import ray

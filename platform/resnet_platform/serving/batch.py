@@ -2,7 +2,7 @@
 
 ::
 
-    read (image files, or Parquet shards)      CPU tasks, on --data-node-resource nodes when given
+    read (image files, or Parquet shards)      CPU tasks, on the data nodes (--data-node-label/-resource)
       -> decode + resize + center-crop          the model's own Preprocess.crop: uint8 HWC rows
       -> actor pool: normalize + forward + top-k   the model pulled once per actor (safe loader)
       -> Parquet rows {key, label, top_indices, top_classes, top_probabilities, error}, written streaming
@@ -20,13 +20,15 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from resnet_platform.data.manifest import DatasetNotReadyError, read_manifest
+from resnet_platform.data.placement import DataPlacement
+from resnet_platform.settings import setting
 from resnet_platform.storage import join, resolve
 from resnet_platform.tracking.inference import ModelSpec, Preprocess
 from resnet_platform.tracking.registry import load_spec, pin_version, registered_version
@@ -57,35 +59,43 @@ class BatchPredictError(ValueError):
 class BatchPredictConfig:
     """One declaration per flag of ``jobs/batch_predict.py``."""
 
-    model: str = field(
-        metadata={"help": "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or a model directory"}
+    model: str = setting(
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or a model directory", group="model"
     )
-    input: str = field(
-        metadata={
-            "help": "folder or s3:// prefix of JPEG/PNG files (any layout), or a prepared data set root"
-        }
+    input: str = setting(
+        help="folder or s3:// prefix of JPEG/PNG files (any layout), or a prepared data set root",
+        group="data",
     )
-    output: str = field(metadata={"help": "folder or s3:// prefix for the Parquet output"})
-    split: str = field(default="val", metadata={"help": "prepared data sets: which split to predict"})
-    top_k: int = field(default=5, metadata={"help": "classes kept per image"})
-    batch_size: int = field(default=64, metadata={"help": "images per model call"})
-    concurrency: int = field(default=1, metadata={"help": "model actors"})
-    use_gpu: bool = field(default=False, metadata={"help": "one GPU per model actor"})
-    cpus_per_actor: float = field(
-        default=1.0, metadata={"help": "CPUs reserved by each model actor (its torch threads)"}
+    output: str = setting(help="folder or s3:// prefix for the Parquet output", group="output")
+    split: str = setting("val", "prepared data sets: which split to predict", group="data")
+    top_k: int = setting(5, "classes kept per image", group="output")
+    batch_size: int = setting(64, "images per model call", group="compute")
+    concurrency: int = setting(1, "model actors", group="compute")
+    use_gpu: bool = setting(False, "one GPU per model actor", group="compute")
+    cpus_per_actor: float = setting(
+        1.0, "CPUs reserved by each model actor (its torch threads)", group="compute"
     )
-    decode_cpus: float = field(default=1.0, metadata={"help": "CPUs per read/decode task"})
-    data_node_resource: str | None = field(
-        default=None, metadata={"help": "custom resource of the CPU data nodes, e.g. data_cpu"}
+    decode_cpus: float = setting(1.0, "CPUs per read/decode task", group="data")
+    data_node_label: str | None = setting(
+        None,
+        "KEY=VALUE label of the CPU data nodes (ray start --labels): read and decode there",
+        group="data",
     )
-    overwrite: bool = field(
-        default=False, metadata={"help": "replace an existing output instead of refusing"}
+    data_node_resource: str | None = setting(
+        None, "custom resource of the CPU data nodes, e.g. data_cpu: read and decode there", group="data"
     )
-    log_to_mlflow: bool = field(
-        default=True, metadata={"help": "with labels: log top-1/top-5 error to the version's run"}
+
+    @property
+    def placement(self) -> DataPlacement:
+        """Where reads and decodes run: the training pipeline's own mechanism (``data/placement.py``)."""
+        return DataPlacement(node_label=self.data_node_label, node_resource=self.data_node_resource)
+
+    overwrite: bool = setting(False, "replace an existing output instead of refusing", group="output")
+    log_to_mlflow: bool = setting(
+        True, "with labels: log top-1/top-5 error to the version's run", group="output"
     )
-    tracking_uri: str | None = field(
-        default=None, metadata={"help": "default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"}
+    tracking_uri: str | None = setting(
+        None, "default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db", group="model"
     )
 
 
@@ -123,12 +133,10 @@ class BatchPredictSummary:
 # ------------------------------------------------------------------------------------------ placement
 
 
-def data_task_args(node_resource: str | None) -> dict:
-    """Ray remote args that keep image reads and decodes on the CPU data nodes.
-
-    The training pipeline's mechanism (``data/pipeline.py``): one unit of a custom resource only data
-    nodes advertise. Kept to this one function so it follows the pipeline when that changes."""
-    return {"resources": {node_resource: 1}} if node_resource else {}
+def data_task_args(placement: DataPlacement) -> dict:
+    """Ray remote args that keep image reads and decodes on the CPU data nodes (label selector and/or
+    custom resource), exactly as the training pipeline places its data tasks."""
+    return placement.task_args()
 
 
 # ----------------------------------------------------------------------------------------------- read
@@ -154,7 +162,7 @@ def _read(config: BatchPredictConfig, spec: ModelSpec):
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise BatchPredictError(f"{config.input}: no such folder or prefix")
-    remote_args = data_task_args(config.data_node_resource)
+    remote_args = data_task_args(config.placement)
     manifest = _prepared_manifest(config.input) if info.type == pafs.FileType.Directory else None
     if manifest is not None:
         if config.split not in manifest.splits:
@@ -343,11 +351,11 @@ def batch_predict(config: BatchPredictConfig) -> BatchPredictSummary:
         batch_size=config.batch_size,
         batch_format="numpy",
         num_cpus=config.decode_cpus,
-        **data_task_args(config.data_node_resource),
+        **data_task_args(config.placement),
         # Keeps decoding its own CPU stage: Ray Data fuses a task map into the next actor map when
         # their remote args match, which would decode inside the model actors, serially with the
         # forward pass and off the data nodes. A remote-args function is never fused.
-        ray_remote_args_fn=functools.partial(data_task_args, config.data_node_resource),
+        ray_remote_args_fn=functools.partial(data_task_args, config.placement),
     )
     ds = ds.map_batches(
         TopKPredictor,

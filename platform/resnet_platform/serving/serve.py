@@ -17,10 +17,11 @@ import asyncio
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ray import serve
 
+from resnet_platform.settings import setting
 from resnet_platform.tracking.registry import alias_version, load_model, pin_version, registered_version
 from resnet_platform.tracking.runs import resolve_tracking_uri
 
@@ -46,41 +47,40 @@ log = logging.getLogger(__name__)
 class ServeConfig:
     """One declaration per flag of ``jobs/serve_model.py``."""
 
-    model: str = field(
-        metadata={"help": "models:/NAME@ALIAS (followed with reload_on_alias_change) or models:/NAME/VERSION"}
+    model: str = setting(
+        help="models:/NAME@ALIAS (followed with reload_on_alias_change) or models:/NAME/VERSION",
+        group="model",
     )
-    tracking_uri: str | None = field(
-        default=None, metadata={"help": "default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"}
+    tracking_uri: str | None = setting(
+        None, "default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db", group="model"
     )
-    host: str = field(default="127.0.0.1", metadata={"help": "loopback unless you mean to expose it"})
-    port: int = field(default=8000, metadata={"help": "HTTP port of Serve's proxy"})
-    route_prefix: str = field(default="/", metadata={"help": "URL path the endpoint answers on"})
-    app_name: str = field(default="resnet", metadata={"help": "Serve application name"})
-    min_replicas: int = field(default=1, metadata={"help": "replicas kept running"})
-    max_replicas: int = field(
-        default=1, metadata={"help": "above min_replicas: Serve autoscales on ongoing requests per replica"}
+    host: str = setting("127.0.0.1", "loopback unless you mean to expose it", group="http")
+    port: int = setting(8000, "HTTP port of Serve's proxy", group="http")
+    route_prefix: str = setting("/", "URL path the endpoint answers on", group="http")
+    app_name: str = setting("resnet", "Serve application name", group="http")
+    min_replicas: int = setting(1, "replicas kept running", group="scaling")
+    max_replicas: int = setting(
+        1, "above min_replicas: Serve autoscales on ongoing requests per replica", group="scaling"
     )
-    target_ongoing_requests: float = field(
-        default=8.0, metadata={"help": "autoscaling target: ongoing requests per replica"}
+    target_ongoing_requests: float = setting(
+        8.0, "autoscaling target: ongoing requests per replica", group="scaling"
     )
-    use_gpu: bool = field(default=False, metadata={"help": "one GPU per replica"})
-    cpus_per_replica: float = field(default=1.0, metadata={"help": "CPUs reserved per replica"})
-    max_batch_size: int = field(
-        default=32, metadata={"help": "images classified together across concurrent requests"}
+    use_gpu: bool = setting(False, "one GPU per replica", group="scaling")
+    cpus_per_replica: float = setting(1.0, "CPUs reserved per replica", group="scaling")
+    max_batch_size: int = setting(
+        32, "images classified together across concurrent requests", group="batching"
     )
-    batch_wait_timeout_s: float = field(default=0.01, metadata={"help": "how long a batch waits to fill"})
-    top_k: int = field(
-        default=5, metadata={"help": "default k; a request may ask for fewer or more (up to the class count)"}
+    batch_wait_timeout_s: float = setting(0.01, "how long a batch waits to fill", group="batching")
+    top_k: int = setting(
+        5, "default k; a request may ask for fewer or more (up to the class count)", group="http"
     )
-    max_rows: int = field(default=64, metadata={"help": "images per request"})
-    max_image_bytes: int = field(default=10 * 2**20, metadata={"help": "per image, decoded from base64"})
-    max_pixels: int = field(default=50_000_000, metadata={"help": "per image, checked before decoding it"})
-    reload_on_alias_change: bool = field(
-        default=False, metadata={"help": "poll the registry; swap to the new version when the alias moves"}
+    max_rows: int = setting(64, "images per request", group="limits")
+    max_image_bytes: int = setting(10 * 2**20, "per image, decoded from base64", group="limits")
+    max_pixels: int = setting(50_000_000, "per image, checked before decoding it", group="limits")
+    reload_on_alias_change: bool = setting(
+        False, "poll the registry; swap to the new version when the alias moves", group="model"
     )
-    poll_interval_s: float = field(
-        default=30.0, metadata={"help": "registry poll period with reload_on_alias_change"}
-    )
+    poll_interval_s: float = setting(30.0, "registry poll period with reload_on_alias_change", group="model")
 
     @property
     def limits(self) -> InputLimits:
