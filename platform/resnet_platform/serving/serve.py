@@ -22,23 +22,14 @@ from dataclasses import dataclass
 from ray import serve
 
 from resnet_platform.settings import setting
+from resnet_platform.tracking.inference import (
+    InputLimits,
+    InputRejected,
+    check_rows,
+    image_from_request,
+)
 from resnet_platform.tracking.registry import alias_version, load_model, pin_version, registered_version
 from resnet_platform.tracking.runs import resolve_tracking_uri
-
-try:
-    from resnet_platform.tracking.inference import (
-        InputLimits,
-        InputRejected,
-        check_rows,
-        image_from_request,
-    )
-except ImportError:  # DELETE AT REBASE: issue 13 adds these to tracking/inference.py
-    from resnet_platform.serving._limits_fallback import (
-        InputLimits,
-        InputRejected,
-        check_rows,
-        image_from_request,
-    )
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +171,12 @@ class ModelServer:
                 raise InputRejected('JSON body needs "images" (a list of base64 strings) or "image"')
             if not isinstance(images, list):
                 raise InputRejected('"images" must be a list of base64 strings')
+            if not images:
+                raise InputRejected('"images" is empty: send at least one base64 image')
             k = payload.get("k", k)
         else:
+            if not body:
+                raise InputRejected("empty body: send an image file's bytes, or JSON with base64 images")
             images = [body]
             k = query_k if query_k is not None else k
         try:
