@@ -8,4 +8,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).parent))
 
-pytest_plugins = ["fixtures.s3", "fixtures.ray_local", "fixtures.mlflow_server", "fixtures.datasets"]
+pytest_plugins = [
+    "fixtures.s3",
+    "fixtures.ray_local",
+    "fixtures.mlflow_server",
+    "fixtures.datasets",
+    "fixtures.registered_model",
+]

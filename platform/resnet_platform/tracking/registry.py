@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -15,7 +16,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from .inference import LoadedModel, load_from_files
+from .inference import LoadedModel, ModelSpec, load_from_files
 from .runs import client_for, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -163,3 +164,52 @@ def load_model(model_uri: str, tracking_uri: str | None = None, device: str = "c
         return load_from_files(
             local / artifacts["weights"]["path"], local / artifacts["model_config"]["path"], device=device
         )
+
+
+def pin_version(model_uri: str, tracking_uri: str | None = None) -> str:
+    """``models:/NAME@ALIAS`` -> ``models:/NAME/VERSION`` (where the alias points now); others unchanged.
+
+    A long job pins the version once, so every worker loads the same model even if the alias moves
+    while it runs."""
+    ref = model_uri[len("models:/") :].strip("/") if model_uri.startswith("models:/") else ""
+    if "@" not in ref:
+        return model_uri
+    name, alias = ref.split("@", 1)
+    version = alias_version(name, alias, tracking_uri)
+    if version is None:
+        raise ValueError(f"{model_uri}: no version holds @{alias} in the registry")
+    return f"models:/{name}/{version}"
+
+
+def registered_version(model_uri: str) -> tuple[str, str] | None:
+    """``(NAME, VERSION)`` of a pinned ``models:/NAME/VERSION`` URI, else None."""
+    ref = model_uri[len("models:/") :].strip("/") if model_uri.startswith("models:/") else ""
+    if "@" in ref or "/" not in ref:
+        return None
+    name, version = ref.rsplit("/", 1)
+    return name, version
+
+
+def load_spec(model_uri: str, tracking_uri: str | None = None) -> ModelSpec:
+    """The model's :class:`ModelSpec` (classes, preprocessing) without downloading its weights."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if Path(model_uri).is_dir():
+        root = model_uri.rstrip("/")
+    else:
+        root = resolve_model_artifact_uri(model_uri, uri).rstrip("/")
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def fetch(rel: str) -> Path:
+            if Path(root).is_dir():
+                return Path(root) / rel
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{root}/{rel}", dst_path=tmp, tracking_uri=uri, registry_uri=uri
+                )
+            )
+
+        flavor = Model.load(str(fetch("MLmodel"))).flavors.get("python_function", {})
+        config = (flavor.get("artifacts") or {}).get("model_config")
+        if not config:
+            raise ValueError(f"{model_uri} is not a resnet_platform model (no model_config artifact)")
+        return ModelSpec.from_dict(json.loads(fetch(config["path"]).read_text()))
