@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n== 3. Prepare Parquet shards + manifest.json (jobs/prepare_imagenet.py) ==")
     # With its dashboard, as on any cluster: Ray Train's placement-group cleaner asks the state API
     # about the controller; without it, it repeats "Failed to query Ray Train Controller actor state".
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=True, log_to_driver=True, configure_logging=False
-    )
+    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True, configure_logging=False)
     shards = str(out / "digits-shards")
     print(prepare_imagenet(PrepareConfig(source=str(layout.root), output=shards, shard_size_mb=0.25)))
 
