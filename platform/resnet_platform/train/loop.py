@@ -162,7 +162,7 @@ def train_one_epoch(model, batches, criterion, optimizer, scaler, amp_dtype, nor
             elapsed = time.perf_counter() - start
             ctx.logger.log_step(
                 {
-                    "train_loss": float(loss),
+                    "train_loss": float(loss.detach()),
                     "lr": optimizer.param_groups[0]["lr"],
                     "images_per_s_worker": images / elapsed,
                 },
