@@ -172,6 +172,7 @@ def _drop_member(archive: Path, out: Path, member: str) -> None:
                 dst.addfile(m, src.extractfile(m))
 
 
+@pytest.mark.slow  # job subprocesses or deadlines: tens of seconds
 def test_cifar_files_that_are_not_a_whole_archive_get_one_line_each(tmp_path):
     good = Path(
         write_cifar10_archive(str(tmp_path / "good" / "cifar-10-python.tar.gz"), per_batch=4, test_size=4)

@@ -136,6 +136,7 @@ def silent_endpoint():
         server.close()
 
 
+@pytest.mark.slow  # job subprocesses or deadlines: tens of seconds
 def test_hung_endpoint_fails_preflight_read_and_upload_within_the_deadline(
     s3_server, silent_endpoint, monkeypatch
 ):

@@ -168,6 +168,7 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(digits_shards, tmp_pat
         run_training(small_config(digits_shards, tmp_path, name="never-ran", resume=True))
 
 
+@pytest.mark.slow  # job subprocesses or deadlines: tens of seconds
 def test_job_help_groups_flags_and_bad_arch_exits_with_the_list():
     job = [sys.executable, str(REPO / "jobs" / "train_imagenet.py")]
     help_text = subprocess.run(job + ["--help"], capture_output=True, text=True, check=True).stdout
