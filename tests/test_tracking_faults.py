@@ -198,3 +198,22 @@ def test_failed_fit_with_mlflow_down_raises_the_real_error(
     server.start()
     runs = client.search_runs([client.get_experiment_by_name("outage-fail").experiment_id])
     assert runs[0].info.status == "RUNNING"  # as the line says
+
+
+def test_training_flags_set_the_mlflow_deadlines_the_platform_applies():
+    """--mlflow-timeout-s reaches MLflow's per-request timeout inside the platform's scope (and the
+    environment is restored after); --mlflow-retry-interval-s paces a logger's retries in an outage."""
+    import os
+
+    from resnet_platform.tracking.limits import bounded_mlflow_http
+    from resnet_platform.train.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["--data", "/d", "--mlflow-timeout-s", "3", "--mlflow-retry-interval-s", "7.5"]
+    )
+    limits = config_from_args(args).tracking_limits()
+    assert limits.timeout_s == 3 and limits.retry_interval_s == 7.5
+    before = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    with bounded_mlflow_http(limits):
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") == before
