@@ -113,20 +113,13 @@ def main() -> None:
 
     import ray
     import ray.data
-    from data_throughput import generate, ray_pass
+    from data_throughput import generate, ray_pass, start_quiet_ray
 
     from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="data-scaling-"))
     generate(work / "distinct", DISTINCT, 10)
-    ray.init(
-        address="local",
-        num_cpus=a.cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_quiet_ray(a.cpus)
     rows = []
     try:
         for n in sizes:

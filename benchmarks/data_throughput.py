@@ -99,6 +99,17 @@ def timed_pass(make_batches, expected: int) -> Pass:
     return Pass(n, end - t0, first or 0.0, steady)
 
 
+def start_quiet_ray(cpus: int) -> None:
+    """A local Ray of ``cpus`` cores for a benchmark: no dashboard, no worker logs, no progress bars."""
+    import ray
+    import ray.data
+
+    ray.init(
+        address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
 def ray_cpu_seconds() -> float:
     """CPU seconds used so far by this process and every Ray process of this user."""
     import psutil
@@ -187,14 +198,7 @@ def main() -> None:
     from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
 
     shards = str(work / "shards")
-    ray.init(
-        address="local",
-        num_cpus=a.cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_quiet_ray(a.cpus)
     t = time.perf_counter()
     prepare_imagenet(
         PrepareConfig(
@@ -208,14 +212,7 @@ def main() -> None:
     before = baseline(src, a.cpus, a.batch_size, a.images)
     rows.append((f"ImageFolder + DataLoader({a.cpus} workers), before", before))
     print(rows[-1][0], f"{before.whole_ips:,.0f} whole, {before.steady_ips:,.0f} steady img/s", flush=True)
-    ray.init(
-        address="local",
-        num_cpus=a.cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_quiet_ray(a.cpus)
     try:
         for label, decode in (("platform, decode cpu, epoch 1", "cpu"), ("platform, decode cpu, epoch 2", "cpu"),
                               ("platform, decode gpu: CPU side (bytes + labels only)", "gpu")):  # fmt: skip

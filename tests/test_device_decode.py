@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import small_config
 
 from resnet_platform.data.device_decode import DeviceDecoder
 from resnet_platform.data.pipeline import (
@@ -152,22 +153,7 @@ def test_bad_data_node_label_is_one_line_from_the_job():
 @pytest.mark.slow
 def test_training_with_gpu_decode_path_on_cpu_learns(digits_shards, ray_local, tmp_path):
     """The platform's own run with --decode gpu: Ray Data ships bytes, each worker decodes and crops."""
-    config = TrainConfig(
-        data=digits_shards,
-        arch="cifar_resnet20",
-        image_size=32,
-        epochs=2,
-        batch_size=64,
-        lr=0.1,
-        lr_schedule="cosine",
-        augmentation="none",
-        num_workers=2,
-        cpus_per_worker=0.5,
-        storage=str(tmp_path),
-        seed=0,
-        name="gpu-decode",
-        decode="gpu",
-    )
+    config = small_config(digits_shards, tmp_path, epochs=2, name="gpu-decode", decode="gpu")
     outcome = run_training(config)
     history = outcome.history
     assert [int(h["epoch"]) for h in history] == [1, 2]
