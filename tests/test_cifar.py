@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -222,7 +223,9 @@ def test_train_cifar_job_end_to_end_with_mlflow(archive, ray_local, tmp_path, ml
         "--batch-size", "50", "--num-workers", "2", "--storage", str(tmp_path / "runs"), "--name", "cifar-e2e",
         "--seed", "0", "--tracking-uri", mlflow_server.uri, "--experiment", "cifar-test",
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    # Joins the session's Ray, as a job that `ray job submit` started would (RAY_ADDRESS).
+    env = dict(os.environ, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "test error:" in out.stdout and "layer response std" in out.stdout
     client = MlflowClient(mlflow_server.uri)

@@ -1,35 +1,22 @@
 """ImageNet folders -> Parquet shards -> Ray Data streams of uint8 batches."""
 
-from resnet_platform.data.manifest import (
-    DatasetNotReadyError,
-    Manifest,
-    ShardInfo,
-    SplitManifest,
-    read_manifest,
-)
-from resnet_platform.data.pipeline import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TransformConfig,
-    build_split_dataset,
-    decode_failures,
-    label_names,
-)
-from resnet_platform.data.prepare import PrepareConfig, PrepareSummary, prepare_imagenet
+from resnet_platform._lazy import lazy_exports
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "DatasetNotReadyError",
-    "Manifest",
-    "PrepareConfig",
-    "PrepareSummary",
-    "ShardInfo",
-    "SplitManifest",
-    "TransformConfig",
-    "build_split_dataset",
-    "decode_failures",
-    "label_names",
-    "prepare_imagenet",
-    "read_manifest",
-]
+_EXPORTS = {
+    "DatasetNotReadyError": ".manifest",
+    "Manifest": ".manifest",
+    "ShardInfo": ".manifest",
+    "SplitManifest": ".manifest",
+    "read_manifest": ".manifest",
+    "IMAGENET_MEAN": ".pipeline",
+    "IMAGENET_STD": ".pipeline",
+    "TransformConfig": ".pipeline",
+    "build_split_dataset": ".pipeline",
+    "decode_failures": ".pipeline",
+    "label_names": ".pipeline",
+    "PrepareConfig": ".prepare",
+    "PrepareSummary": ".prepare",
+    "prepare_imagenet": ".prepare",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -1,18 +1,18 @@
 """Hyperparameter sweeps with Ray Tune: search space, ASHA, one Ray Train run per trial, MLflow."""
 
-from .results import TrialRow, format_table, plot_error_vs_lr
-from .space import SearchSpace, parse_list
-from .sweep import SweepConfig, SweepExistsError, SweepOutcome, format_report, run_sweep
+from resnet_platform._lazy import lazy_exports
 
-__all__ = [
-    "SearchSpace",
-    "SweepConfig",
-    "SweepExistsError",
-    "SweepOutcome",
-    "TrialRow",
-    "format_report",
-    "format_table",
-    "parse_list",
-    "plot_error_vs_lr",
-    "run_sweep",
-]
+_EXPORTS = {
+    "TrialRow": ".results",
+    "format_table": ".results",
+    "plot_error_vs_lr": ".results",
+    "SearchSpace": ".space",
+    "parse_list": ".space",
+    "SweepConfig": ".sweep",
+    "SweepExistsError": ".sweep",
+    "SweepOutcome": ".sweep",
+    "format_report": ".sweep",
+    "run_sweep": ".sweep",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
