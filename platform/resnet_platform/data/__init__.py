@@ -1,35 +1,35 @@
-"""ImageNet folders -> Parquet shards -> Ray Data streams of uint8 batches."""
+"""ImageNet folders -> Parquet shards -> Ray Data streams of uint8 batches.
 
-from resnet_platform.data.manifest import (
-    DatasetNotReadyError,
-    Manifest,
-    ShardInfo,
-    SplitManifest,
-    read_manifest,
-)
-from resnet_platform.data.pipeline import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TransformConfig,
-    build_split_dataset,
-    decode_failures,
-    label_names,
-)
-from resnet_platform.data.prepare import PrepareConfig, PrepareSummary, prepare_imagenet
+The names below are imported on first use: a served model imports ``data.transforms`` (its
+preprocessing) without Ray, pyarrow or boto3, which the serving environment does not have.
+"""
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "DatasetNotReadyError",
-    "Manifest",
-    "PrepareConfig",
-    "PrepareSummary",
-    "ShardInfo",
-    "SplitManifest",
-    "TransformConfig",
-    "build_split_dataset",
-    "decode_failures",
-    "label_names",
-    "prepare_imagenet",
-    "read_manifest",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "DatasetNotReadyError": "manifest",
+    "Manifest": "manifest",
+    "ShardInfo": "manifest",
+    "SplitManifest": "manifest",
+    "read_manifest": "manifest",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "TransformConfig": "pipeline",
+    "build_split_dataset": "pipeline",
+    "decode_failures": "pipeline",
+    "label_names": "pipeline",
+    "PrepareConfig": "prepare",
+    "PrepareSummary": "prepare",
+    "prepare_imagenet": "prepare",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
