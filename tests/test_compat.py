@@ -41,6 +41,7 @@ def test_every_compat_function_names_its_workaround():
 # ------------------------------------------------------------------------------------- Ray Tune
 
 
+@pytest.mark.slow  # imports Ray Tune: ~3 s
 def test_tune_interrupt_is_seen_in_tunes_own_sigint_handler():
     """Tune's SIGINT handler (the one ``Tuner.fit`` installs) still logs the warning the watch reads."""
     from ray.tune import tune as tune_module
@@ -169,6 +170,7 @@ def test_local_cluster_address_is_set_for_the_block_then_put_back(monkeypatch):
     assert "RAY_ADDRESS" not in os.environ and os.environ["RAY_GCS_SERVER_PORT"] == "1234"
 
 
+@pytest.mark.slow  # a worker process: seconds
 def test_ray_workers_of_the_local_cluster_find_it(ray_local):
     """The session's Ray was started the platform's way: its worker processes name their own cluster
     even with other Ray instances on the machine."""

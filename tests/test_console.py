@@ -70,6 +70,7 @@ def test_train_workers_keep_the_platform_lines_only(logging_state):
     assert logging.getLogger("resnet_platform.train.loop").isEnabledFor(logging.INFO)
 
 
+@pytest.mark.slow  # a worker process: seconds
 def test_the_sessions_ray_workers_run_quiet(ray_local):
     """ray_local is started by ``console.ensure_ray``: its workers ran the setup hook."""
 

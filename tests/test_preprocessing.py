@@ -80,6 +80,7 @@ def _served_input(model, data: bytes) -> torch.Tensor:
     return x
 
 
+@pytest.mark.slow  # saves and loads two pyfunc models: ~20 s
 @pytest.mark.parametrize("size", [(45, 30), (30, 52)], ids=["wide", "tall"])
 def test_served_input_equals_validation_input(served, size):
     config, model = served
