@@ -18,7 +18,8 @@ import sys
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 from mlflow.exceptions import MlflowException
 
-from resnet_platform.serving.batch import BatchPredictConfig, BatchPredictError, batch_predict, ensure_ray
+from resnet_platform.console import add_verbose_flag, configure_output, ensure_ray
+from resnet_platform.serving.batch import BatchPredictConfig, BatchPredictError, batch_predict
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
 from resnet_platform.storage import StorageError
 
@@ -34,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     groups = {"model": "model", "data": "input and placement", "compute": "model actors", "output": "output"}
     add_flags(parser, BatchPredictConfig, groups=groups, required=("model", "input", "output"))
-    config = BatchPredictConfig(**values_from_args(parser.parse_args(argv), BatchPredictConfig))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    add_verbose_flag(parser)
+    args = parser.parse_args(argv)
+    config = BatchPredictConfig(**values_from_args(args, BatchPredictConfig))
+    configure_output(args.verbose, platform_level=logging.WARNING)
     ensure_ray()
     try:
         summary = batch_predict(config)

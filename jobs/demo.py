@@ -17,10 +17,10 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401
 
+from resnet_platform.console import add_verbose_flag, configure_output, ensure_ray
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")  # MLflow's artifact download bars
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default="demo-output", help="where data, runs and mlflow.db go")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--arch", default="cifar_resnet20")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-    import ray
+    # The demo narrates itself: the platform's own log lines from WARNING up, as Ray's and MLflow's.
+    configure_output(args.verbose, platform_level=logging.WARNING)
 
     from resnet_platform.data.digits import write_digits_imagenet
     from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n== 3. Prepare Parquet shards + manifest.json (jobs/prepare_imagenet.py) ==")
     # With its dashboard, as on any cluster: Ray Train's placement-group cleaner asks the state API
     # about the controller; without it, it repeats "Failed to query Ray Train Controller actor state".
-    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True, configure_logging=False)
+    ensure_ray(num_cpus=2, include_dashboard=True)
     shards = str(out / "digits-shards")
     print(prepare_imagenet(PrepareConfig(source=str(layout.root), output=shards, shard_size_mb=0.25)))
 

@@ -6,7 +6,9 @@ python jobs/predict.py --model models:/resnet50-imagenet@champion cat.jpg dog.jp
 from __future__ import annotations
 
 import argparse
+import logging
 
+from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.tracking import load_model, resolve_tracking_uri
 
 
@@ -23,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
         "--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
     )
     parser.add_argument("--device", default="cpu")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    configure_output(args.verbose, platform_level=logging.WARNING)
     model = load_model(args.model, tracking_uri=resolve_tracking_uri(args.tracking_uri), device=args.device)
     for path in args.images:
         (top,) = model.predict_topk([path], k=args.top_k)

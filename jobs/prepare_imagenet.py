@@ -8,14 +8,14 @@ Rerun the same command after an interruption: complete shards are kept, the rest
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
 
 
-def parse_args(argv: list[str] | None = None) -> PrepareConfig:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help="ILSVRC2012 root holding train/ and val/")
     p.add_argument("--output", required=True, help="local folder, file:// or s3://bucket/prefix")
@@ -30,7 +30,15 @@ def parse_args(argv: list[str] | None = None) -> PrepareConfig:
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help="reject images with more pixels (width x height) than this (default: Pillow's limit)",
     )
-    a = p.parse_args(argv)
+    add_verbose_flag(p)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> PrepareConfig:
+    return config_from_args(build_parser().parse_args(argv))
+
+
+def config_from_args(a: argparse.Namespace) -> PrepareConfig:
     return PrepareConfig(
         source=a.source,
         output=a.output,
@@ -44,8 +52,9 @@ def parse_args(argv: list[str] | None = None) -> PrepareConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    summary = prepare_imagenet(parse_args(argv))
+    args = build_parser().parse_args(argv)
+    configure_output(args.verbose)
+    summary = prepare_imagenet(config_from_args(args))
     print(summary)
     return 0 if summary.complete else 1  # images left unread: rerun the same command
 

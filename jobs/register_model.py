@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.tracking import decide_promotion, resolve_tracking_uri, set_alias
 
 
@@ -28,8 +29,9 @@ def main(argv: list[str] | None = None) -> bool:
     parser.add_argument(
         "--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
     )
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_output(args.verbose, platform_level=logging.WARNING)
     uri = resolve_tracking_uri(args.tracking_uri)
     ok, reason = decide_promotion(
         args.name,

@@ -14,12 +14,12 @@ also its own tracked training run.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
+from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.data.checks import DataCheckError
 from resnet_platform.paper.reproduce import ReproduceConfig, reproduce
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    configure_output(args.verbose)
     try:
         config = ReproduceConfig(track=not args.no_mlflow, **values_from_args(args, ReproduceConfig))
         config.archs  # noqa: B018  (unknown depths fail here)

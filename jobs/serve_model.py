@@ -19,6 +19,7 @@ import time
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 from mlflow.exceptions import MlflowException
 
+from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.serving.serve import ServeConfig, start_serving
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
 
@@ -43,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--detach", action="store_true", help="deploy and return; the application keeps running"
     )
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     config = ServeConfig(**values_from_args(args, ServeConfig))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_output(args.verbose, platform_level=logging.WARNING)
 
     import ray
     from ray import serve

@@ -7,20 +7,21 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
+from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.data.checks import DataCheckError
 from resnet_platform.tune.cli import build_parser, config_from_args
 from resnet_platform.tune.sweep import SweepExistsError, format_report, run_sweep
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    configure_output(args.verbose)
     try:
         config = config_from_args(args)
     except ValueError as err:

@@ -16,11 +16,11 @@ and report the test error of the best checkpoint; otherwise the test set is the 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
+from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.data.checks import DataCheckError
 from resnet_platform.paper.recipe import CIFAR_RECIPE, PAPER_ITERATIONS, PAPER_MILESTONES, train_cifar
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
@@ -65,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    configure_output(args.verbose)
     try:
         run = train_cifar(
             args.data,

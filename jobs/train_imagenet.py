@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
+from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.data.checks import DataCheckError
 from resnet_platform.storage import StorageError
 from resnet_platform.train.cli import build_parser, config_from_args
@@ -19,9 +19,10 @@ from resnet_platform.train.main import TrackingUnavailableError, format_report, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    configure_output(args.verbose)
     try:
         config = config_from_args(args)
     except ValueError as err:

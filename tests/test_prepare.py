@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from fixtures.datasets import ILSVRC_NAMES, ILSVRC_WNIDS, write_ilsvrc_tree
+from fixtures.ports import wait_until
 from PIL import Image
 
 from resnet_platform.data.manifest import DatasetNotReadyError, read_manifest
@@ -95,8 +96,9 @@ def test_resume_after_interrupted_prepare_rewrites_nothing_complete(tmp_path, ra
         read_manifest(str(out))
     done = {p.stem: json.loads(p.read_text()) for p in (out / "_progress").glob("*.json")}
     assert len(done) >= 3
+    for r in done.values():  # back-dated: a rewrite, however soon, gives a shard a new mtime
+        os.utime(out / r["shard"]["path"], ns=(10**18, 10**18))
     mtimes = {n: os.stat(out / r["shard"]["path"]).st_mtime_ns for n, r in done.items()}
-    time.sleep(0.05)
     summary = prepare_imagenet(config)
     assert summary.shards_reused == len(done) and summary.shards_written == summary.shards - len(done)
     assert {n: os.stat(out / r["shard"]["path"]).st_mtime_ns for n, r in done.items()} == mtimes
@@ -214,9 +216,7 @@ def test_kill_the_job_then_rerun_resumes(tmp_path):
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(list((out / "_progress").glob("*.json"))) < 3:
-            time.sleep(0.05)
+        wait_until(lambda: len(list((out / "_progress").glob("*.json"))) >= 3, 120, "3 shards", 0.05)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from fixtures.ports import free_port
+from fixtures.ports import free_port, wait_until
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -123,10 +122,12 @@ def test_input_limits(server, images):
 def test_follows_alias_move_to_version_2(server, registered_digits_model, images):
     reg = registered_digits_model
     MlflowClient(reg.tracking_uri).set_registered_model_alias(reg.name, ALIAS, reg.versions[1])
-    deadline = time.monotonic() + 120
-    while _get(server)["model_version"] != reg.versions[1]:
-        assert time.monotonic() < deadline, "the deployment did not follow the alias to version 2"
-        time.sleep(0.5)
+    wait_until(
+        lambda: _get(server)["model_version"] == reg.versions[1],
+        120,
+        "the deployment to follow the alias",
+        0.5,
+    )
     status, out = _post(server, json.dumps({"images": [_b64(p) for p in images[:2]]}).encode())
     assert status == 200 and out["model_version"] == reg.versions[1]
     expected = load_model(reg.uri(reg.versions[1]), tracking_uri=reg.tracking_uri).predict_topk(images[:2])

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from fixtures.ports import free_port, wait_http
+from fixtures.ports import free_port
+from fixtures.s3 import moto_server
 
 from resnet_platform.storage import (
     ATTEMPTS_ENV,
@@ -68,21 +64,8 @@ def test_unreachable_endpoint_fails_fast(s3_server, monkeypatch):
 @pytest.fixture(scope="module")
 def s3_server_with_auth():
     """A second moto server that checks credentials (no IAM users exist: every key is bad)."""
-    port = free_port()
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/moto-api/", timeout=30, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
+        yield endpoint
 
 
 def test_bad_credentials_fail_fast_naming_the_uri(s3_server, s3_server_with_auth, monkeypatch):
@@ -190,18 +173,7 @@ def s3_server_with_iam():
 
     import boto3
 
-    port = free_port()
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="4")
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{endpoint}/moto-api/", timeout=30, proc=proc)
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="4") as endpoint:
         anon = dict(
             endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y"
         )
@@ -221,9 +193,6 @@ def s3_server_with_iam():
         iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="reader")["AccessKey"]
         yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_read_only_credentials_are_refused_before_training(

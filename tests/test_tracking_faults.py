@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from fixtures.ports import wait_until
 from mlflow import MlflowClient
 
 from resnet_platform.tracking.limits import TrackingLimits
@@ -25,16 +26,6 @@ QUICK = TrackingLimits(timeout_s=2, max_retries=0, retry_interval_s=0.0, final_w
 
 def _epochs(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(int(m.value) for m in client.get_metric_history(run_id, "epoch"))
-
-
-def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.mark.slow
@@ -115,14 +106,14 @@ def test_mlflow_killed_after_epoch_1_run_finishes_with_every_checkpoint_and_epoc
 
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(train_and_track, config)
-        rid = _wait_for(lambda: future.done() or run_id(), 180, "the MLflow run")
+        rid = wait_until(lambda: future.done() or run_id(), 180, "the MLflow run")
         assert not future.done(), future.result()
-        _wait_for(lambda: future.done() or _epochs(client, rid) == [1], 240, "epoch 1 in MLflow")
+        wait_until(lambda: future.done() or _epochs(client, rid) == [1], 240, "epoch 1 in MLflow")
         assert not future.done(), "the run ended before the outage"
         server.kill()
         killed = time.time() * 1000
         # Epoch 2's checkpoint is written while the server is down; then it comes back.
-        _wait_for(lambda: future.done() or (run_dir / "checkpoint_epoch_0002").exists(), 240, "epoch 2")
+        wait_until(lambda: future.done() or (run_dir / "checkpoint_epoch_0002").exists(), 240, "epoch 2")
         server.start()
         outcome = future.result(timeout=300)
 
@@ -187,7 +178,7 @@ def test_failed_fit_with_mlflow_down_raises_the_real_error(
     caplog.set_level(logging.ERROR, logger="resnet_platform.train.main")
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(train_and_track, config)
-        _wait_for(
+        wait_until(
             lambda: future.done() or (tmp_path / "fails" / "checkpoint_epoch_0001").exists(), 300, "epoch 1"
         )
         server.kill()

@@ -1,4 +1,8 @@
-"""ImageNet folders -> Parquet shards -> Ray Data streams of uint8 batches."""
+"""ImageNet folders -> Parquet shards -> Ray Data streams of uint8 batches.
+
+The names below are imported on first use: a served model imports ``data.transforms`` (its
+preprocessing) without Ray, pyarrow or boto3, which the serving environment does not have.
+"""
 
 from resnet_platform._lazy import lazy_exports
 
@@ -8,8 +12,8 @@ _EXPORTS = {
     "ShardInfo": ".manifest",
     "SplitManifest": ".manifest",
     "read_manifest": ".manifest",
-    "IMAGENET_MEAN": ".pipeline",
-    "IMAGENET_STD": ".pipeline",
+    "IMAGENET_MEAN": ".transforms",
+    "IMAGENET_STD": ".transforms",
     "TransformConfig": ".pipeline",
     "build_split_dataset": ".pipeline",
     "decode_failures": ".pipeline",

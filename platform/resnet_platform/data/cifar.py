@@ -25,8 +25,8 @@ import pyarrow.fs as pafs
 
 from resnet_platform.data.checks import DataCheckError, check_labels
 from resnet_platform.data.manifest import Manifest, SplitManifest
-from resnet_platform.data.pipeline import pad_crop_flip
 from resnet_platform.data.placement import DataPlacement
+from resnet_platform.data.transforms import pad_crop_flip
 from resnet_platform.storage import resolve
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import logging
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from resnet_platform.data import transforms
 from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from resnet_platform.data.manifest import Manifest, read_manifest
 from resnet_platform.data.placement import DataPlacement
-from resnet_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
+from resnet_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pad_crop_flip  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -67,48 +65,20 @@ def label_names(manifest: Manifest) -> list[str]:
 # ------------------------------------------------------------------------------------------- transforms
 
 
-def _pil_open(data: bytes) -> Image.Image:
-    im = Image.open(io.BytesIO(data))
-    return im.convert("RGB") if im.mode != "RGB" else im
-
-
-def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-    """CIFAR augmentation (section 4.2) of uint8 NHWC: zero-pad ``pad`` pixels per side, take a
-    random crop of the original size, flip horizontally with probability 1/2; one draw per image."""
-    n, h, w = images.shape[:3]
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out = np.empty_like(images)
-    ys = rng.integers(0, 2 * pad + 1, size=n)
-    xs = rng.integers(0, 2 * pad + 1, size=n)
-    flips = rng.random(n) < 0.5
-    for i in range(n):
-        crop = padded[i, ys[i] : ys[i] + h, xs[i] : xs[i] + w]
-        out[i] = crop[:, ::-1] if flips[i] else crop
-    return out
-
-
 def transform_image(data: bytes, t: TransformConfig, train: bool, rng: np.random.Generator) -> np.ndarray:
     """Image bytes -> uint8 HWC (or 10xHWC for ten-crop) with the configured transform.
 
-    Random crops, evaluation crops and flips come from ``data/transforms.py``, shared with the GPU
-    decode path; CIFAR's pad-crop and the paper's 10-crop testing stay here (CPU only)."""
-    size = t.image_size
-    if t.augmentation == "pad-crop" and not t.ten_crop:
-        whole = np.asarray(_pil_open(data).resize((size, size), Image.BILINEAR))
-        return pad_crop_flip(whole[None], rng)[0] if train else whole
-    if t.ten_crop and not train:
-        im = _pil_open(data)
-        w, h = im.size
-        f = t.eval_resize / min(w, h)
-        rw, rh = max(size, round(w * f)), max(size, round(h * f))
-        full = np.asarray(im.resize((rw, rh), Image.BILINEAR))
-        x, y = (rw - size) // 2, (rh - size) // 2
-        corners = [(0, 0), (rw - size, 0), (0, rh - size), (rw - size, rh - size), (x, y)]
-        crops = [full[b : b + size, a : a + size] for a, b in corners]
-        return np.stack(crops + [c[:, ::-1] for c in crops])
+    Every crop, resize and flip comes from ``data/transforms.py``, shared with the GPU decode path
+    and with inference (the evaluation crop); CIFAR's pad-crop and the paper's 10-crop testing run
+    on the CPU path only."""
     image = transforms.decode_rgb(data)
+    if t.ten_crop and not train:
+        return transforms.ten_crop(image, t.eval_resize, t.image_size)
     crop = draw_crop_for(rng, image.shape[2], image.shape[1], t, train)
-    return transforms.crop_resize(image, crop, size).permute(1, 2, 0).numpy()
+    out = transforms.crop_resize(image, crop, t.image_size).permute(1, 2, 0).numpy()
+    if train and t.augmentation == "pad-crop":
+        return pad_crop_flip(out[None], rng)[0]
+    return out
 
 
 def draw_crop_for(

@@ -3,7 +3,7 @@
 ::
 
     read (image files, or Parquet shards)      CPU tasks, on the data nodes (--data-node-label/-resource)
-      -> decode + resize + center-crop          the model's own Preprocess.crop: uint8 HWC rows
+      -> decode + evaluation crop + resize      the model's own Preprocess.crop: uint8 HWC rows
       -> actor pool: normalize + forward + top-k   the model pulled once per actor (safe loader)
       -> Parquet rows {key, label, top_indices, top_classes, top_probabilities, error}, written streaming
 
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -379,13 +377,3 @@ def batch_predict(config: BatchPredictConfig) -> BatchPredictSummary:
     if labelled and top1 is not None and config.log_to_mlflow:
         summary.mlflow_run_id = _log_metrics(model_uri, tracking_uri, config.split, summary)
     return summary
-
-
-def ensure_ray(address: str | None = None) -> None:
-    """Join ``address`` / ``$RAY_ADDRESS`` (as ``ray job submit`` sets it), else start Ray in-process."""
-    import ray
-
-    if not ray.is_initialized():
-        if not sys.stderr.isatty():  # Ray Data's progress bars only on a terminal
-            os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)

@@ -1,7 +1,9 @@
 """A logged ResNet rebuilt for inference: spec (architecture + classes + preprocessing), weights, top-k.
 
-No pickled code is ever loaded: the network is rebuilt with ``build_model(**spec)`` and the state dict
-read with ``torch.load(..., weights_only=True)``. Shared by :func:`~resnet_platform.tracking.load_model`
+Preprocessing is validation's own (``data/transforms.py``: the evaluation crop, the resize kernel, the
+normalization), so a served model sees the pixels it was validated on. No pickled code is ever loaded:
+the network is rebuilt with ``build_model(**spec)`` and the state dict read with
+``torch.load(..., weights_only=True)``. Shared by :func:`~resnet_platform.tracking.load_model`
 and the pyfunc model that ``mlflow models serve`` runs.
 """
 
@@ -23,15 +25,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from resnet_platform.data import transforms
+from resnet_platform.data.transforms import CIFAR10_MEAN, CIFAR10_STD, EVAL_CROPS, IMAGENET_MEAN, IMAGENET_STD
 from resnet_platform.models import build_model, get_spec
 
 # The pyfunc model's input: a DataFrame column of base64-encoded image files; ``params.k`` top classes.
 INPUT_COLUMN = "image"
 DEFAULT_K = 5
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 # Pillow's decompression-bomb threshold (89,478,485 pixels unless an application changed it).
 _PILLOW_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
@@ -41,9 +41,11 @@ class ModelSpec:
     """Everything besides the weights needed to use a trained network.
 
     ``options`` are ``build_model`` keywords (``shortcut``, ``stride``, ``zero_init_residual``).
-    Preprocessing at inference: resize the shorter side to ``resize_size``, center-crop
-    ``image_size``, scale to [0, 1], normalize with ``mean``/``std`` (given on the [0, 1] scale;
-    values above 1 are taken as 0-255 and divided by 255).
+    Preprocessing at inference is validation's (``transforms.eval_crop``): with ``eval_crop``
+    "center", resize the shorter side to ``resize_size`` and center-crop ``image_size``; with "whole"
+    (CIFAR-style pad-crop models), resize the whole image to ``image_size`` square. Then normalize
+    with ``mean``/``std`` (given on the [0, 1] scale; values above 1 are taken as 0-255). A spec
+    written before ``eval_crop`` existed reads as "center", which is what it was served with.
     """
 
     arch: str
@@ -55,14 +57,21 @@ class ModelSpec:
     resize_size: int = 256
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    eval_crop: str = "center"
+
+    def __post_init__(self) -> None:
+        if self.eval_crop not in EVAL_CROPS:
+            raise ValueError(f"eval_crop must be one of {EVAL_CROPS}, not {self.eval_crop!r}")
 
     @classmethod
     def for_arch(cls, arch: str, num_classes: int | None = None, **kw: Any) -> ModelSpec:
-        """Defaults by family: ImageNet nets 256 -> 224 crop; CIFAR nets 32 -> 32 with CIFAR statistics."""
+        """Defaults by family: ImageNet nets 256 -> 224 center crop; CIFAR nets the whole image at 32
+        with CIFAR statistics (how the paper's pad-crop recipe validates them)."""
         spec = get_spec(arch)
         num_classes = spec.default_num_classes if num_classes is None else num_classes
         if spec.family == "cifar":
-            kw = {"image_size": 32, "resize_size": 32, "mean": CIFAR_MEAN, "std": CIFAR_STD, **kw}
+            cifar = {"image_size": 32, "resize_size": 32, "eval_crop": "whole"}
+            kw = {**cifar, "mean": CIFAR10_MEAN, "std": CIFAR10_STD, **kw}
         return cls(arch=arch, num_classes=num_classes, **kw)
 
     def to_dict(self) -> dict:
@@ -235,42 +244,46 @@ def _is_file(text: str) -> bool:
 
 
 class Preprocess:
-    """image (PIL / path / bytes / base64 / uint8 HWC array) -> normalized float tensor [3, S, S]."""
+    """image (PIL / path / bytes / base64 / uint8 HWC array) -> normalized float tensor [3, S, S]:
+    validation's evaluation crop, resize and normalization (``data/transforms.py``)."""
 
-    def __init__(self, image_size: int, resize_size: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(
+        self,
+        image_size: int,
+        resize_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        eval_crop: str = "center",
+    ):
+        if eval_crop not in EVAL_CROPS:
+            raise ValueError(f"eval_crop must be one of {EVAL_CROPS}, not {eval_crop!r}")
         self.image_size = image_size
         self.resize_size = resize_size
-        self.mean = torch.tensor(_scale(mean)).view(3, 1, 1)
-        self.std = torch.tensor(_scale(std)).view(3, 1, 1)
+        self.eval_crop = eval_crop
+        self.mean, self.std = transforms.channel_stats(_scale(mean), _scale(std))
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> Preprocess:
-        return cls(spec.image_size, spec.resize_size, spec.mean, spec.std)
+        return cls(spec.image_size, spec.resize_size, spec.mean, spec.std, spec.eval_crop)
 
     def __call__(self, image: Any) -> torch.Tensor:
         return self.normalize(torch.from_numpy(self.crop(image)))
 
     def crop(self, image: Any) -> np.ndarray:
-        """The geometric half: resize the shorter side, center-crop -> uint8 HWC [S, S, 3].
+        """The geometric half: the evaluation crop, resized -> uint8 HWC [S, S, 3].
 
         Split from :meth:`normalize` so batch inference can decode and crop on CPU data nodes and
         ship uint8 (4x fewer bytes) to the model, with the same arithmetic as ``__call__``."""
-        img = open_image(image)
-        w, h = img.size
-        short = min(w, h)
-        if short != self.resize_size:
-            scale = self.resize_size / short
-            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-        w, h = img.size
-        left = int(round((w - self.image_size) / 2.0))
-        top = int(round((h - self.image_size) / 2.0))
-        img = img.crop((left, top, left + self.image_size, top + self.image_size))
-        return np.asarray(img, dtype=np.uint8).copy()
+        pixels = torch.from_numpy(np.array(open_image(image), dtype=np.uint8)).permute(2, 0, 1)
+        _, h, w = pixels.shape
+        box = transforms.eval_crop(
+            w, h, image_size=self.image_size, resize_size=self.resize_size, mode=self.eval_crop
+        )
+        return transforms.crop_resize(pixels, box, self.image_size).permute(1, 2, 0).numpy().copy()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 HWC [S, S, 3] or NHWC [N, S, S, 3] -> normalized float CHW / NCHW (on their device)."""
-        x = images.movedim(-1, -3).float().div_(255.0)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return transforms.normalize(images, self.mean.to(images.device), self.std.to(images.device))
 
 
 class Prediction(NamedTuple):

@@ -11,11 +11,9 @@ Everything goes through ``MlflowClient(tracking_uri)``: no active run, no global
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +28,8 @@ from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from PIL import Image
+
+from resnet_platform._compat import use_global_tracking_uri
 
 from .inference import DEFAULT_K, INPUT_COLUMN, ModelSpec, Preprocess, normalize_state_dict
 from .params import MAX_TAG_VALUE_LENGTH, redact, to_str
@@ -120,23 +120,6 @@ def pin_build_dependencies(python_env: Path) -> None:
     python_env.write_text(yaml.safe_dump(env, sort_keys=False))
 
 
-@contextlib.contextmanager
-def _global_tracking_uri(uri: str):
-    """MLflow's process-wide tracking URI set to ``uri`` for a block, then put back exactly as it was:
-    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the environment."""
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        with _use_tracking_uri(uri):
-            yield
-    finally:
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
-
-
 def log_resnet_model(
     tracking_uri: str | None,
     run_id: str,
@@ -193,7 +176,7 @@ def log_resnet_model(
                 raise
         # MLflow 3.17's registry looks the "models:/m-..." source up through the process-wide
         # tracking URI, not this client's: point it at this store for the call only.
-        with _global_tracking_uri(resolve_tracking_uri(tracking_uri)):
+        with use_global_tracking_uri(resolve_tracking_uri(tracking_uri)):
             mv = client.create_model_version(
                 registered_name, source=info.model_uri, run_id=run_id, tags=tags, model_id=model.model_id
             )

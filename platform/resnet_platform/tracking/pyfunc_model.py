@@ -41,7 +41,7 @@ class ResNetClassifier(mlflow.pyfunc.PythonModel):
 
         self.loaded = load_from_files(context.artifacts["weights"], context.artifacts["model_config"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         try:
             k = int((params or {}).get("k", DEFAULT_K))
             if k < 1:

@@ -28,6 +28,8 @@ from typing import Any
 
 from mlflow.entities import Metric
 
+from resnet_platform._compat import latest_metrics
+
 from .limits import TrackingLimits, bounded_mlflow_http, is_outage
 from .params import redact, redact_text, sanitize_key, secret_values
 from .runs import client_for, resolve_tracking_uri
@@ -119,8 +121,7 @@ class RunLogger:
         history = self.client.get_metric_history(self.run_id, EPOCH_METRIC)
         stored_epoch = int(max(m.value for m in history)) if history else None
         # The latest value of each metric is the one at its highest step: the run's last step.
-        latest = getattr(run.data, "_metric_objs", None) or []
-        steps = [m.step for m in latest]
+        steps = [m.step for m in latest_metrics(run)]
         stored_step = max(steps) if steps else None
         # Steps at or before this were stored by an earlier incarnation of the worker group.
         self.resume_step = stored_step

@@ -112,13 +112,10 @@ def persist_with_retries(checkpoint, checkpoint_dir_name: str):
     S3 SDK retries single requests; this retries the whole copy (files are overwritten, so a
     half-copied directory is completed), so a transient outage costs seconds, not the epoch.
     """
-    import ray.train
-
     from resnet_platform import storage
+    from resnet_platform._compat import checkpoint_target, persist_checkpoint
 
-    store = ray.train.get_context().get_storage()
-    target = store.build_checkpoint_path_from_name(checkpoint_dir_name)
     return storage.with_retries(
-        lambda: store.persist_current_checkpoint(checkpoint, checkpoint_dir_name),
-        f"checkpoint upload to {target}",
+        lambda: persist_checkpoint(checkpoint, checkpoint_dir_name),
+        f"checkpoint upload to {checkpoint_target(checkpoint_dir_name)}",
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from ray.train import DataConfig
 
+from resnet_platform._compat import data_config_execution_options, data_config_shard_locality
+
 
 class ExactValidationDataConfig(DataConfig):
     def __init__(self, exact_datasets: tuple[str, ...] = ("val",), **kwargs) -> None:
@@ -20,12 +22,12 @@ class ExactValidationDataConfig(DataConfig):
         exact = {name: ds for name, ds in datasets.items() if name in self._exact}
         rest = {name: ds for name, ds in datasets.items() if name not in self._exact}
         output = super().configure(rest, world_size, worker_handles, worker_node_ids, **kwargs)
-        hints = worker_node_ids if self._enable_shard_locality else None
+        hints = worker_node_ids if data_config_shard_locality(self) else None
         for name, ds in exact.items():
             if ds.name is None:
                 ds.set_name(name)
             ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
+            ds.context.execution_options = data_config_execution_options(self, name)
             for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
                 output[i][name] = split
         return output

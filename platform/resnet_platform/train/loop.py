@@ -22,8 +22,15 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from resnet_platform.console import quiet_train_worker
 from resnet_platform.data.checks import check_skip_budget
-from resnet_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATION_STATS
+from resnet_platform.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMALIZATION_STATS,
+    channel_stats,
+    normalize,
+)
 from resnet_platform.models import build_model
 
 from .checkpoint import TrainingState, load_checkpoint, persist_with_retries, restore_rng, save_checkpoint
@@ -83,13 +90,11 @@ class Normalizer(nn.Module):
         std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
         super().__init__()
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.mean, self.std = channel_stats(mean, std, device)
         self.format = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float()
-        return ((x - self.mean) / self.std).contiguous(memory_format=self.format)
+        return normalize(images, self.mean, self.std).contiguous(memory_format=self.format)
 
 
 @dataclass
@@ -263,6 +268,7 @@ def _open_logger(config: TrainConfig, rank: int):
 
 
 def train_loop_per_worker(config_dict: dict) -> None:
+    quiet_train_worker()
     config = TrainConfig.from_dict(config_dict)
     train_ctx = ray.train.get_context()
     rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
@@ -343,8 +349,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
             "best_val_top1_error": state.best_val_top1_error,
         }
         state.history.append({k: float(v) for k, v in metrics.items()})
-        if rank == 0:
-            print(format_epoch(metrics, config.epochs), flush=True)
+        if rank == 0:  # a platform line: printed once, also when Ray's INFO lines are not
+            log.info(format_epoch(metrics, config.epochs))
         save_now = state.epoch % config.checkpoint_every == 0 or state.epoch == config.epochs
         with tempfile.TemporaryDirectory() as tmp:
             report_checkpoint = None

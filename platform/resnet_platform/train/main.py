@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from resnet_platform.data.manifest import Manifest
-from resnet_platform.data.transforms import NORMALIZATION_STATS
+from resnet_platform.data.transforms import eval_preprocessing
 
 from .checkpoint import load_checkpoint, load_model_config
 from .config import TrainConfig
@@ -184,13 +184,8 @@ class MlflowTracker:
                     options=model_config["options"],
                     class_names=manifest.class_names,
                     wnids=manifest.classes,
-                    image_size=config.image_size,
-                    # CIFAR-style eval takes the whole image; ImageNet-style resizes to 256/224 first.
-                    resize_size=config.image_size
-                    if config.augmentation == "pad-crop"
-                    else round(config.image_size * 256 / 224),
-                    mean=NORMALIZATION_STATS[config.normalization][0],
-                    std=NORMALIZATION_STATS[config.normalization][1],
+                    # Served as validated: the same crop, resize and normalization.
+                    **eval_preprocessing(config.image_size, config.augmentation, config.normalization),
                 )
                 metrics = {
                     k: outcome.best_metrics[k]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,6 +21,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 from resnet_platform import storage
+from resnet_platform.console import ensure_ray, is_verbose
 from resnet_platform.data.checks import check_prepared_data, check_splits, find_data_error
 from resnet_platform.data.manifest import Manifest, read_manifest
 
@@ -51,14 +51,6 @@ class TrainingOutcome:
     @property
     def final(self) -> dict[str, float]:
         return self.history[-1] if self.history else {}
-
-
-def ensure_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (as ``ray job submit`` sets it), else start Ray here."""
-    if not ray.is_initialized():
-        if not sys.stderr.isatty():  # progress bars only on a terminal
-            os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
 
 
 def run_exists(fs: pafs.FileSystem, path: str, name: str) -> bool:
@@ -123,7 +115,8 @@ def build_trainer(
             ),
             # Ray Train's own INFO lines repeat every metric of every report; rank 0 prints its own.
             logging_config=LoggingConfig(
-                log_level=os.environ.get("RESNET_PLATFORM_TRAIN_LOG_LEVEL", "WARNING")
+                log_level=os.environ.get("RESNET_PLATFORM_TRAIN_LOG_LEVEL")
+                or ("INFO" if is_verbose() else "WARNING")
             ),
         ),
         datasets=datasets,

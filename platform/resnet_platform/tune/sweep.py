@@ -37,6 +37,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from resnet_platform import storage
+from resnet_platform._compat import asha_max_t, sweep_child_run_status, tune_trials, watch_tune_interrupt
 from resnet_platform.train.config import TrainConfig
 
 from .results import TrialRow, best_row, format_table, plot_error_vs_lr, to_csv, to_markdown
@@ -208,36 +209,13 @@ def _find_parent_run(tracking_uri: str, experiment: str, name: str, path: str) -
     return runs[0].info.run_id if runs else None
 
 
-class _InterruptWatch(logging.Handler):
-    """Notices Tune's "Stop signal received" warning: ``Tuner.fit`` returns normally after a Ctrl-C
-    and reports the trials it stopped as TERMINATED, so this is how the sweep knows it was cut short."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.interrupted = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "Stop signal received" in record.getMessage() or "has been interrupted" in record.getMessage():
-            self.interrupted = True
-
-    def __enter__(self) -> _InterruptWatch:
-        logging.getLogger("ray.tune").addHandler(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        logging.getLogger("ray.tune").removeHandler(self)
-
-
 def _scheduler(config: SweepConfig):
     from ray.tune.schedulers import ASHAScheduler
 
     # time_attr "epoch": a trial restarted from a checkpoint goes on counting where it left off.
     return ASHAScheduler(
         time_attr="epoch",
-        # One past the last epoch: at max_t ASHA answers STOP and Tune kills the trial's actor before
-        # its run can close its MLflow child run and its Train worker group; a trial that trains all
-        # its epochs should end by returning.
-        max_t=config.base.epochs + 1,
+        max_t=asha_max_t(config.base.epochs),
         grace_period=config.grace_epochs,
         reduction_factor=config.reduction_factor,
     )
@@ -353,13 +331,13 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
                     verbose=1,
                 ),
             )
-        with _InterruptWatch() as watch:
+        with watch_tune_interrupt() as watch:
             grid = tuner.fit()
     except BaseException:
         end_run(tracking_uri, parent_run_id, "FAILED")
         raise
 
-    trials = list(grid._experiment_analysis.trials)
+    trials = tune_trials(grid)
     unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
     if watch.interrupted:  # Tune marks the trials it stopped on Ctrl-C as TERMINATED
         unfinished = unfinished or [t.trial_id for t in trials]
@@ -429,13 +407,12 @@ def _close_children(tracking_uri: str, rows: list[TrialRow]) -> None:
             continue
         client.set_tag(row.mlflow_run_id, "sweep.stopped_early", str(row.stopped_early).lower())
         client.set_tag(row.mlflow_run_id, "sweep.epochs_run", str(row.epochs_run))
-        status = client.get_run(row.mlflow_run_id).info.status
-        if row.status == "ERROR":
-            end_run(tracking_uri, row.mlflow_run_id, "FAILED")
-        elif status == "RUNNING" or (row.stopped_early and status == "FAILED"):
-            # ASHA's stop reaches the trial as an exception inside fit(), so its own tracker marked
-            # the run FAILED; being stopped early is a normal end of a trial.
-            end_run(tracking_uri, row.mlflow_run_id, "FINISHED")
+        # A trial ASHA stopped was marked FAILED by its own tracker: being stopped early is a normal end.
+        status = sweep_child_run_status(
+            row.status, row.stopped_early, client.get_run(row.mlflow_run_id).info.status
+        )
+        if status is not None:
+            end_run(tracking_uri, row.mlflow_run_id, status)
 
 
 def _tag_best(tracking_uri: str, parent_run_id: str, best: TrialRow) -> None:

@@ -1,0 +1,279 @@
+"""Every workaround for a behaviour of Ray or MLflow, in one place, with the versions it was checked on.
+
+Each function here stands in for one Ray or MLflow call the platform would make if the library
+offered it (a public accessor, a status, a setting), or works around one behaviour of the library.
+:data:`WORKAROUNDS` names, for each function, the package and the versions on which it was checked
+and why it exists. ``tests/test_compat.py`` fails when the installed version leaves that range (recheck
+the workaround, then widen the range or delete the workaround), and, where it can be checked in a
+second, when the library no longer behaves as the workaround relies on, or no longer needs it.
+
+This module imports nothing from the platform: ``tracking/``, ``train/``, ``tune/`` and ``data/`` all
+call it. Its functions take and return plain values and library objects.
+
+Gone already: Ray 2.60's Parquet reader V2 was switched off process-wide around ``read_parquet``
+(``DataContext.use_datasource_v2 = False``, one read task per shard); since the shard reader
+(``data/shard_reader.py``) reads and verifies every shard itself, nothing depends on either reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+
+@dataclass(frozen=True)
+class Workaround:
+    package: str  # distribution name: "ray" or "mlflow"
+    versions: str  # the versions it was checked on, a PEP 440 specifier set
+    why: str
+
+    def covers_installed(self) -> bool:
+        return Version(installed_version(self.package)) in SpecifierSet(self.versions)
+
+
+RAY_CHECKED = ">=2.60,<2.61"
+MLFLOW_CHECKED = ">=3.17,<3.18"
+
+_STORAGE_CONTEXT = Workaround(
+    "ray",
+    RAY_CHECKED,
+    "Retrying Ray Train's checkpoint upload means calling its StorageContext "
+    "(train.get_context().get_storage(), a DeveloperAPI that may change between minor versions): "
+    "persist_current_checkpoint and build_checkpoint_path_from_name.",
+)
+
+# Function of this module -> the workaround it holds.
+WORKAROUNDS: dict[str, Workaround] = {
+    "watch_tune_interrupt": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "Tuner.fit() returns normally after a Ctrl-C and reports the trials it stopped as TERMINATED: "
+        "the only sign of the interrupt is Tune's 'Stop signal received' warning (ray.tune.tune).",
+    ),
+    "asha_max_t": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "ASHA answers STOP at max_t, and Tune then kills the trial's actor before the trial's run can "
+        "close its MLflow run and its Train worker group: max_t is one past the last epoch.",
+    ),
+    "tune_trials": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "ResultGrid exposes Results, not Trials: trial ids and statuses are only on the private "
+        "ResultGrid._experiment_analysis.trials.",
+    ),
+    "sweep_child_run_status": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "ASHA's stop reaches the trial as an exception inside TorchTrainer.fit(), so the trial's own "
+        "tracker marks its MLflow run FAILED; the sweep driver turns that into FINISHED.",
+    ),
+    "latest_metrics": Workaround(
+        "mlflow",
+        MLFLOW_CHECKED,
+        "RunData.metrics holds the latest value of each metric but not its step; the Metric objects "
+        "(with steps) are only on the private RunData._metric_objs.",
+    ),
+    "use_global_tracking_uri": Workaround(
+        "mlflow",
+        MLFLOW_CHECKED,
+        "MlflowClient(uri).create_model_version(source='models:/m-...') looks the logged model up "
+        "through the process-wide tracking URI, not the client's; the private "
+        "mlflow.tracking._tracking_service.utils._use_tracking_uri scopes that URI to one block.",
+    ),
+    "data_config_shard_locality": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "A DataConfig subclass that splits some datasets itself needs the enable_shard_locality it "
+        "was given; DataConfig keeps it only in the private _enable_shard_locality.",
+    ),
+    "data_config_execution_options": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "The per-dataset ExecutionOptions a DataConfig was given are resolved only by the private "
+        "DataConfig._resolve_execution_options(name).",
+    ),
+    "persist_checkpoint": _STORAGE_CONTEXT,
+    "checkpoint_target": _STORAGE_CONTEXT,
+    "local_cluster_address_for_workers": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "Ray Train's PlacementGroupCleaner queries the state API with address=None: its worker "
+        "auto-detects the cluster, and with another Ray instance on the machine it dies with 'Found "
+        "multiple active Ray instances' (the worker group's CPUs then leak when a controller dies). "
+        "A cluster started by ray.init(address='local') is given a fixed GCS port and RAY_ADDRESS.",
+    ),
+    "quiet_ray_data_console": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "Ray Data configures its own 'ray.data' logger when imported, in every process (a console "
+        "handler at INFO that does not propagate): execution plans, 'Starting execution', 'execution "
+        "finished' per dataset and epoch. Its only knob is a YAML file named by RAY_DATA_LOGGING_CONFIG "
+        "(a path on every node); this lowers the console handler's level in the running process.",
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------- Ray Tune
+
+
+class TuneInterruptWatch(logging.Handler):
+    """Notices Tune's "Stop signal received" warning while installed on the ``ray.tune`` logger."""
+
+    MESSAGES = ("Stop signal received", "has been interrupted")
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.interrupted = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if any(m in record.getMessage() for m in self.MESSAGES):
+            self.interrupted = True
+
+
+@contextlib.contextmanager
+def watch_tune_interrupt() -> Iterator[TuneInterruptWatch]:
+    """Around ``Tuner.fit()``: ``watch.interrupted`` says afterwards whether a Ctrl-C cut it short."""
+    watch = TuneInterruptWatch()
+    tune_logger = logging.getLogger("ray.tune")
+    tune_logger.addHandler(watch)
+    try:
+        yield watch
+    finally:
+        tune_logger.removeHandler(watch)
+
+
+def asha_max_t(epochs: int) -> int:
+    """ASHA's ``max_t`` for trials of ``epochs`` epochs (``time_attr="epoch"``): one past the last, so
+    that a trial that trains all its epochs ends by returning, not by being killed."""
+    return epochs + 1
+
+
+def tune_trials(result_grid) -> list:
+    """The Tune ``Trial`` objects of a ``ResultGrid`` (``trial_id``, ``status``, ``config``), in the
+    grid's order."""
+    return list(result_grid._experiment_analysis.trials)
+
+
+def sweep_child_run_status(trial_status: str, stopped_early: bool, run_status: str) -> str | None:
+    """The status a sweep's child MLflow run is given once the sweep is over, or None to leave it.
+
+    ``trial_status``: Tune's (TERMINATED, ERROR, ...); ``run_status``: the run's status now."""
+    if trial_status == "ERROR":
+        return "FAILED"
+    if run_status == "RUNNING" or (stopped_early and run_status == "FAILED"):
+        return "FINISHED"
+    return None
+
+
+# ------------------------------------------------------------------------------------ Ray Train
+
+
+def data_config_shard_locality(config) -> bool:
+    """Whether a ``ray.train.DataConfig`` was told to split datasets with locality hints."""
+    return bool(config._enable_shard_locality)
+
+
+def data_config_execution_options(config, dataset_name: str):
+    """The ``ExecutionOptions`` a ``ray.train.DataConfig`` applies to ``dataset_name``."""
+    return config._resolve_execution_options(dataset_name)
+
+
+def persist_checkpoint(checkpoint, checkpoint_dir_name: str):
+    """Upload ``checkpoint`` as Ray Train does for ``ray.train.report`` (inside a Train worker): once,
+    returning the persisted checkpoint."""
+    import ray.train
+
+    store = ray.train.get_context().get_storage()
+    return store.persist_current_checkpoint(checkpoint, checkpoint_dir_name)
+
+
+def checkpoint_target(checkpoint_dir_name: str) -> str:
+    """Where Ray Train stores the checkpoint ``checkpoint_dir_name`` of this run (inside a Train worker)."""
+    import ray.train
+
+    return ray.train.get_context().get_storage().build_checkpoint_path_from_name(checkpoint_dir_name)
+
+
+# ------------------------------------------------------------------------------------- Ray core
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_cluster_address_for_workers() -> Iterator[str]:
+    """Around ``ray.init(address="local")``: the new cluster's GCS listens on a port chosen here, and its
+    processes (which inherit this environment) get ``RAY_ADDRESS`` naming it. The driver's own
+    environment is put back afterwards. Yields that address."""
+    import ray
+
+    address = f"{ray.util.get_node_ip_address()}:{_free_port()}"
+    saved = {k: os.environ.get(k) for k in ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")}
+    os.environ["RAY_GCS_SERVER_PORT"] = address.rsplit(":", 1)[1]
+    os.environ["RAY_ADDRESS"] = address
+    try:
+        yield address
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class _NoProgressBarNotice(logging.Filter):
+    """Ray Data warns once per process that progress bars are off: the platform turns them off itself
+    where there is no terminal (their frames would be printed as lines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Progress bars disabled")
+
+
+def quiet_ray_data_console(level: int = logging.WARNING) -> None:
+    """Ray Data's console lines from ``level`` up in this process, without its notice that progress
+    bars are off (its log file keeps everything)."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger)
+    from ray.data._internal.logging import SessionFileHandler
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, SessionFileHandler):
+            handler.setLevel(level)
+            if not any(isinstance(f, _NoProgressBarNotice) for f in handler.filters):
+                handler.addFilter(_NoProgressBarNotice())
+
+
+# --------------------------------------------------------------------------------------- MLflow
+
+
+def latest_metrics(run) -> list:
+    """The latest ``mlflow.entities.Metric`` of each metric of ``run`` (value, timestamp and step)."""
+    return list(getattr(run.data, "_metric_objs", None) or [])
+
+
+@contextlib.contextmanager
+def use_global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` for a block, then put back exactly as it was
+    (``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the environment)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env

@@ -1,0 +1,131 @@
+"""What a person reads: the platform's lines (progress, the per-epoch table, results) and the warnings
+and errors of Ray and MLflow, not their INFO chatter; ``--verbose`` brings that back.
+
+- :func:`configure_output`, first thing in every job: logging levels and format in this process, and
+  the environment that the processes it starts inherit (MLflow's log level, no progress bars where
+  the output is not a terminal).
+- :func:`ensure_ray`, how every job joins or starts Ray: the same rules reach each Ray worker process
+  of the job through its runtime environment (environment variables and :func:`setup_worker_output`,
+  run by Ray in each worker as it starts), local cluster or not.
+- :func:`quiet_train_worker`, called by the training loop once Ray Train has set up the worker's
+  logging (Ray Train puts the worker's root logger at INFO, which prints its per-report lines).
+
+Where the output is not a terminal (a job's log, CI), MLflow's artifact download bars and Ray Data's
+progress bars are off: their frames would be printed as lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+VERBOSE_ENV = "RESNET_PLATFORM_VERBOSE"
+PLATFORM_LOGGER = "resnet_platform"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SETUP_HOOK = "resnet_platform.console.setup_worker_output"
+# Libraries that log INFO lines on their own handlers (they do not propagate to the root logger).
+CHATTY_LOGGERS = ("mlflow", "ray")
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Ray's and MLflow's INFO lines (worker reports, Ray Data plans, store messages)",
+    )
+
+
+def is_verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def inherited_env(verbose: bool) -> dict[str, str]:
+    """The environment that carries the output rules to other processes (Ray workers have no terminal)."""
+    env = {VERBOSE_ENV: "1" if verbose else "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    if not verbose:
+        env["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read by MLflow when imported
+    return env
+
+
+def configure_output(verbose: bool = False, platform_level: int = logging.INFO) -> None:
+    """Log the platform's lines at ``platform_level`` and everything else from WARNING up (INFO with
+    ``verbose``), in ``LOG_FORMAT``; set the environment the processes started from here inherit."""
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(format=LOG_FORMAT)  # a no-op where the root logger has a handler already
+    logging.getLogger().setLevel(level)
+    logging.getLogger(PLATFORM_LOGGER).setLevel(logging.INFO if verbose else platform_level)
+    for name in CHATTY_LOGGERS:  # when already imported and configured by the library itself
+        logging.getLogger(name).setLevel(level)
+
+
+def ray_runtime_env() -> dict:
+    """The runtime environment of a job's Ray workers: :func:`inherited_env` and the setup hook."""
+    return {"env_vars": inherited_env(is_verbose()), "worker_process_setup_hook": SETUP_HOOK}
+
+
+def ensure_ray(address: str | None = None, **init_kwargs) -> None:
+    """Join ``address`` / ``$RAY_ADDRESS`` (as ``ray job submit`` sets it), else start Ray here; no-op
+    when this process is already connected. ``init_kwargs`` go to ``ray.init``.
+
+    A job submitted with a runtime environment of its own that sets the same keys keeps its own (Ray
+    refuses to merge them): its workers then log as they would without the platform."""
+    import ray
+
+    from resnet_platform import _compat
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    verbose = is_verbose()
+    if not sys.stderr.isatty():  # progress bars only on a terminal
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    kwargs = {
+        "log_to_driver": True,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+        "runtime_env": ray_runtime_env(),
+        **init_kwargs,
+    }
+    if address == "local":
+        with _compat.local_cluster_address_for_workers():
+            ray.init(address=address, **kwargs)
+    else:
+        try:
+            ray.init(address=address, **kwargs)
+        except ValueError as err:
+            if "Failed to merge" not in str(err) or "runtime_env" in init_kwargs:
+                raise
+            kwargs.pop("runtime_env")
+            ray.init(address=address, **kwargs)
+    if not verbose:
+        _compat.quiet_ray_data_console()
+
+
+def setup_worker_output() -> None:
+    """Ray's ``worker_process_setup_hook`` for the platform's jobs: run in every worker process as it
+    starts. Never raises (a worker must not fail over how it logs)."""
+    try:
+        if is_verbose():
+            return
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        from resnet_platform import _compat
+
+        _compat.quiet_ray_data_console()
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger(__name__).warning("could not quiet this worker's output: %s", e)
+
+
+def quiet_train_worker() -> None:
+    """In a Ray Train worker, after Ray Train configured its logging: the root logger from WARNING up
+    (unless verbose), the platform's own lines at INFO."""
+    logging.getLogger(PLATFORM_LOGGER).setLevel(logging.INFO)
+    if not is_verbose():
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -1,0 +1,262 @@
+"""Each Ray/MLflow workaround of ``resnet_platform/_compat.py``: checked on the installed version, still
+working (the private attribute is there and behaves as relied on), and still needed (the library has
+not grown the public way). When one of these fails after an upgrade, recheck the workaround named in
+the test: widen its range in ``WORKAROUNDS``, or delete it and call the library directly."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import signal
+import types
+from dataclasses import fields
+
+import pytest
+
+from resnet_platform import _compat
+from resnet_platform._compat import WORKAROUNDS
+
+
+@pytest.mark.parametrize("name", sorted(WORKAROUNDS))
+def test_installed_version_is_one_the_workaround_was_checked_on(name):
+    from importlib.metadata import version
+
+    w = WORKAROUNDS[name]
+    assert w.covers_installed(), (
+        f"{w.package} {version(w.package)} is installed; _compat.{name} was checked on {w.package}"
+        f"{w.versions} only. Recheck it ({w.why}), then widen its range or remove it."
+    )
+
+
+def test_every_compat_function_names_its_workaround():
+    public = {
+        n
+        for n, v in vars(_compat).items()
+        if inspect.isfunction(v) and v.__module__ == _compat.__name__ and not n.startswith("_")
+    }
+    assert public == set(WORKAROUNDS)
+
+
+# ------------------------------------------------------------------------------------- Ray Tune
+
+
+@pytest.mark.slow  # imports Ray Tune: ~3 s
+def test_tune_interrupt_is_seen_in_tunes_own_sigint_handler():
+    """Tune's SIGINT handler (the one ``Tuner.fit`` installs) still logs the warning the watch reads."""
+    from ray.tune import tune as tune_module
+
+    original = signal.getsignal(signal.SIGINT)
+    try:
+        event = tune_module._setup_signal_catching()
+        handler = signal.getsignal(signal.SIGINT)
+        assert handler is not original
+        with _compat.watch_tune_interrupt() as watch:
+            assert not watch.interrupted
+            handler(signal.SIGINT, None)
+        assert event.is_set() and watch.interrupted
+    finally:
+        signal.signal(signal.SIGINT, original)
+    assert watch not in logging.getLogger("ray.tune").handlers
+
+
+def test_tune_results_still_do_not_say_the_run_was_interrupted():
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    assert not [n for n in dir(ResultGrid) if "interrupt" in n.lower()]
+    assert "interrupted" not in inspect.signature(ExperimentAnalysis.__init__).parameters
+
+
+def _asha(max_t: int):
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric="val_top1_error",
+        mode="min",
+        max_t=max_t,
+        grace_period=1,
+        reduction_factor=2,
+    )
+
+
+def test_asha_max_t_lets_a_trial_train_its_last_epoch():
+    from ray.tune.schedulers import TrialScheduler
+
+    epochs = 3
+    trial = types.SimpleNamespace(trial_id="t0")
+    # Still needed: at max_t == epochs ASHA answers STOP to the last epoch's report.
+    plain = _asha(epochs)
+    plain.on_trial_add(None, trial)
+    decisions = [plain.on_trial_result(None, trial, {"epoch": e, "val_top1_error": 0.5}) for e in (1, 2, 3)]
+    assert decisions[-1] == TrialScheduler.STOP
+    # Works: one past the last epoch, the trial is never stopped for having reached max_t.
+    ours = _asha(_compat.asha_max_t(epochs))
+    ours.on_trial_add(None, trial)
+    decisions = [ours.on_trial_result(None, trial, {"epoch": e, "val_top1_error": 0.5}) for e in (1, 2, 3)]
+    assert decisions == [TrialScheduler.CONTINUE] * 3
+
+
+def test_tune_trials_reads_the_result_grids_experiment_analysis():
+    from ray.air.result import Result
+    from ray.tune import ResultGrid
+
+    analysis = types.SimpleNamespace(trials=[])
+    grid = ResultGrid(analysis)
+    assert grid._experiment_analysis is analysis and _compat.tune_trials(grid) == []
+    # Still needed: a Result carries neither the trial id nor Tune's status.
+    names = {f.name for f in fields(Result)}
+    assert not names & {"trial_id", "status", "trial"}
+
+
+@pytest.mark.parametrize(
+    "trial, stopped_early, run, expected",
+    [
+        ("ERROR", False, "FAILED", "FAILED"),
+        ("ERROR", False, "RUNNING", "FAILED"),
+        ("TERMINATED", True, "FAILED", "FINISHED"),  # ASHA's stop, seen by the trial as a failure
+        ("TERMINATED", True, "RUNNING", "FINISHED"),
+        ("TERMINATED", False, "FINISHED", None),
+        ("TERMINATED", False, "FAILED", None),  # a trial that failed on its own stays FAILED
+    ],
+)
+def test_sweep_child_run_status(trial, stopped_early, run, expected):
+    assert _compat.sweep_child_run_status(trial, stopped_early, run) == expected
+
+
+# ------------------------------------------------------------------------------------ Ray Train
+
+
+def test_data_config_private_settings_are_the_ones_given():
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    opts = ExecutionOptions(preserve_order=True)
+    config = DataConfig(execution_options={"val": opts}, enable_shard_locality=False)
+    assert _compat.data_config_shard_locality(config) is False
+    assert _compat.data_config_shard_locality(DataConfig()) is True
+    resolved = _compat.data_config_execution_options(config, "val")
+    assert isinstance(resolved, ExecutionOptions) and resolved.preserve_order and resolved is not opts
+    # Still needed: no public accessor, and Ray's own split still evens every dataset out.
+    assert not hasattr(config, "enable_shard_locality") and not hasattr(config, "execution_options")
+    assert "equal=True" in inspect.getsource(DataConfig.configure)
+
+
+def test_train_storage_context_has_the_methods_the_checkpoint_retry_calls():
+    from ray.train.v2._internal.execution.storage import StorageContext
+
+    persist = inspect.signature(StorageContext.persist_current_checkpoint).parameters
+    assert list(persist)[1:3] == ["checkpoint", "checkpoint_dir_name"]
+    assert list(inspect.signature(StorageContext.build_checkpoint_path_from_name).parameters)[1:] == [
+        "checkpoint_name"
+    ]
+
+
+# ------------------------------------------------------------------------------------- Ray core
+
+
+def test_placement_group_cleaner_still_finds_the_cluster_by_auto_detection():
+    from ray.train.v2._internal.state.util import is_actor_alive
+
+    assert "address" not in inspect.signature(is_actor_alive).parameters
+
+
+def test_local_cluster_address_is_set_for_the_block_then_put_back(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_GCS_SERVER_PORT", "1234")
+    with _compat.local_cluster_address_for_workers() as address:
+        port = address.rsplit(":", 1)[1]
+        assert os.environ["RAY_ADDRESS"] == address and os.environ["RAY_GCS_SERVER_PORT"] == port
+    assert "RAY_ADDRESS" not in os.environ and os.environ["RAY_GCS_SERVER_PORT"] == "1234"
+
+
+@pytest.mark.slow  # a worker process: seconds
+def test_ray_workers_of_the_local_cluster_find_it(ray_local):
+    """The session's Ray was started the platform's way: its worker processes name their own cluster
+    even with other Ray instances on the machine."""
+
+    @ray_local.remote(num_cpus=0)
+    def detected() -> str:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        return canonicalize_bootstrap_address_or_die(None)
+
+    assert ray_local.get(detected.remote()) == ray_local.get_runtime_context().gcs_address
+
+
+def test_ray_data_console_is_quieted_in_this_process():
+    import ray.data  # noqa: F401  (configures its logger)
+    from ray.data._internal.logging import DEFAULT_CONFIG, SessionFileHandler
+
+    # Still needed: Ray Data's own console handler prints INFO and bypasses the root logger.
+    assert DEFAULT_CONFIG["handlers"]["console"]["level"] == "INFO"
+    assert DEFAULT_CONFIG["loggers"]["ray.data"]["propagate"] is False
+    handlers = logging.getLogger("ray.data").handlers
+    saved = [(h.level, list(h.filters)) for h in handlers]
+    try:
+        _compat.quiet_ray_data_console()
+        consoles = [h for h in handlers if not isinstance(h, SessionFileHandler)]
+        assert consoles and all(h.level == logging.WARNING for h in consoles)
+        assert all(h.level == 0 for h in handlers if isinstance(h, SessionFileHandler))  # files keep all
+        notice = logging.LogRecord(
+            "ray.data", logging.WARNING, "", 0, "Progress bars disabled. To enable", None, None
+        )
+        assert not any(h.filter(notice) for h in consoles)
+    finally:
+        for h, (level, filters) in zip(handlers, saved, strict=True):
+            h.setLevel(level)
+            h.filters[:] = filters
+    # The notice filtered out is still Ray Data's own wording.
+    from ray.data._internal import progress
+
+    assert "Progress bars disabled" in inspect.getsource(progress)
+
+
+# --------------------------------------------------------------------------------------- MLflow
+
+
+def test_latest_metrics_keep_their_steps():
+    from mlflow.entities import Metric, RunData
+
+    run = types.SimpleNamespace(data=RunData(metrics=[Metric("loss", 0.5, 1, 7), Metric("lr", 0.1, 1, 9)]))
+    assert sorted((m.key, m.step) for m in _compat.latest_metrics(run)) == [("loss", 7), ("lr", 9)]
+    # Still needed: the public view has the values only.
+    assert run.data.metrics == {"loss": 0.5, "lr": 0.1}
+
+
+def test_global_tracking_uri_is_scoped_to_the_block(monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    with _compat.use_global_tracking_uri("sqlite:////nowhere/compat.db"):
+        assert mlflow.get_tracking_uri() == "sqlite:////nowhere/compat.db"
+    assert mlflow.get_tracking_uri() == before and "MLFLOW_TRACKING_URI" not in os.environ
+
+
+@pytest.mark.slow  # a fresh SQLite store: seconds of schema migrations
+def test_model_version_source_is_still_resolved_through_the_global_uri(tmp_path, monkeypatch):
+    """Still needed: with a store the client opens itself (the SQLite default, the demo's), its
+    create_model_version looks a ``models:/m-...`` source up in the process-wide tracking URI. With
+    that pointing at a dead server, the call fails; scoped to the store, it works."""
+    from fixtures.ports import free_port
+    from mlflow.exceptions import MlflowException
+
+    from resnet_platform.tracking.runs import client_for, start_run
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = client_for(uri)
+    run_id = start_run(uri, "compat", "global-uri")
+    model = client.create_logged_model(
+        experiment_id=client.get_run(run_id).info.experiment_id, name="m", source_run_id=run_id
+    )
+    client.create_registered_model("m")
+    source = f"models:/{model.model_id}"
+    with _compat.use_global_tracking_uri(dead), pytest.raises(MlflowException) as refused:
+        client.create_model_version("m", source=source, run_id=run_id, model_id=model.model_id)
+    assert dead in str(refused.value), refused.value  # it went to the global URI
+    with _compat.use_global_tracking_uri(uri):
+        mv = client.create_model_version("m", source=source, run_id=run_id, model_id=model.model_id)
+    assert str(mv.version) == "1"
