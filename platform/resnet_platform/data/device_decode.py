@@ -60,7 +60,8 @@ class DeviceDecoder:
                 failed.append({"key": key, "reason": f"{type(image).__name__}: {image}"})
                 continue
             crop = draw_crop_for(self.rng, image.shape[2], image.shape[1], self.transform, self.train)
-            crops.append(transforms.crop_resize(image, crop, size))
+            out = transforms.crop_resize(image, crop, size)
+            crops.append(self.transform.augment(out, self.rng) if self.train else out)
             keep.append(i)
         self.last_failures = failed
         if failed:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from resnet_platform.data import transforms
+from resnet_platform.data import augment, transforms
 from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from resnet_platform.data.manifest import Manifest, read_manifest
 from resnet_platform.data.placement import DataPlacement
@@ -44,14 +44,33 @@ class TransformConfig:
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
     ten_crop: bool = False  # eval only: rows become (10, H, W, 3)
+    # Training only, after the crop (``data/augment.py``): "ta_wide", "randaugment" or "none";
+    # random erasing with this probability, the box filled with ``erase_fill`` (the mean in uint8).
+    auto_augment: str = "none"
+    random_erase: float = 0.0
+    erase_fill: tuple[int, ...] = (124, 116, 104)
 
     def __post_init__(self) -> None:
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, not {self.augmentation!r}")
+        if self.auto_augment not in augment.AUTO_AUGMENTS:
+            raise ValueError(
+                f"auto_augment must be one of {augment.AUTO_AUGMENTS}, not {self.auto_augment!r}"
+            )
 
     @property
     def eval_resize(self) -> int:
         return self.resize_size or transforms.eval_resize_of(self.image_size)
+
+    def augment(self, image, rng: np.random.Generator):
+        """Training augmentations after the crop (uint8 CHW tensor, any device): ``data/augment.py``."""
+        return augment.augment_image(
+            image,
+            rng,
+            auto_augment=self.auto_augment,
+            random_erase=self.random_erase,
+            erase_fill=self.erase_fill,
+        )
 
     @property
     def scale_range(self) -> tuple[int, int]:
@@ -95,7 +114,15 @@ def transform_image(data: bytes, t: TransformConfig, train: bool, rng: np.random
     size = t.image_size
     if t.augmentation == "pad-crop" and not t.ten_crop:
         whole = np.asarray(_pil_open(data).resize((size, size), Image.BILINEAR))
-        return pad_crop_flip(whole[None], rng)[0] if train else whole
+        if not train:
+            return whole
+        out = pad_crop_flip(whole[None], rng)[0]
+        if augment.is_active(t.auto_augment, t.random_erase):
+            import torch
+
+            chw = torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)
+            out = t.augment(chw, rng).permute(1, 2, 0).numpy()
+        return out
     if t.ten_crop and not train:
         im = _pil_open(data)
         w, h = im.size
@@ -108,7 +135,10 @@ def transform_image(data: bytes, t: TransformConfig, train: bool, rng: np.random
         return np.stack(crops + [c[:, ::-1] for c in crops])
     image = transforms.decode_rgb(data)
     crop = draw_crop_for(rng, image.shape[2], image.shape[1], t, train)
-    return transforms.crop_resize(image, crop, size).permute(1, 2, 0).numpy()
+    out = transforms.crop_resize(image, crop, size)
+    if train:
+        out = t.augment(out, rng)
+    return out.permute(1, 2, 0).numpy()
 
 
 def draw_crop_for(

@@ -17,6 +17,7 @@ from resnet_platform.data.transforms import NORMALIZATION_STATS
 
 from .checkpoint import load_checkpoint, load_model_config
 from .config import TrainConfig
+from .resolution import eval_sizes
 from .runner import TrainingOutcome, run_training
 
 log = logging.getLogger(__name__)
@@ -178,31 +179,33 @@ class MlflowTracker:
                 with outcome.best_checkpoint.as_directory() as directory:
                     state = load_checkpoint(directory)
                     model_config = load_model_config(directory)
+                eval_crop, eval_resize = eval_sizes(config)
                 spec = ModelSpec(
                     arch=model_config["arch"],
                     num_classes=model_config["num_classes"],
                     options=model_config["options"],
                     class_names=manifest.class_names,
                     wnids=manifest.classes,
-                    image_size=config.image_size,
-                    # CIFAR-style eval takes the whole image; ImageNet-style resizes to 256/224 first.
-                    resize_size=config.image_size
-                    if config.augmentation == "pad-crop"
-                    else round(config.image_size * 256 / 224),
+                    # The evaluation's preprocessing (train/resolution.py): CIFAR-style takes the
+                    # whole image; ImageNet-style resizes to 256/224 of the crop, or --val-resize-size.
+                    image_size=eval_crop,
+                    resize_size=eval_resize,
                     mean=NORMALIZATION_STATS[config.normalization][0],
                     std=NORMALIZATION_STATS[config.normalization][1],
                 )
+                # --register-ema: the EMA's weights and validation errors are the model's.
+                prefix = "ema_" if config.registers_ema else ""
                 metrics = {
-                    k: outcome.best_metrics[k]
+                    k: outcome.best_metrics[prefix + k]
                     for k in ("val_top1_error", "val_top5_error")
-                    if k in outcome.best_metrics
+                    if prefix + k in outcome.best_metrics
                 }
                 try:
                     with bounded_mlflow_http(self.limits):
                         info = log_resnet_model(
                             self.tracking_uri,
                             self.run_id,
-                            state["model"],
+                            state["model_ema"]["model"] if config.registers_ema else state["model"],
                             spec,
                             registered_name=config.register_as,
                             metrics=metrics,
