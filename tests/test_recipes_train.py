@@ -65,22 +65,23 @@ def test_resume_is_exact_with_every_technique_on(digits_shards, ray_local, tmp_p
 
 @pytest.mark.slow
 def test_the_demo_data_trains_with_each_preset(digits_shards, ray_local, tmp_path):
-    """Every preset at the digits' scale (eval crop 32 px, batch 64, 3 epochs, 2 workers) runs
-    through Ray Train with what it turns on, and learns."""
+    """Every preset at the digits' scale (eval crop 32 px, batch 64, 2 epochs, 2 workers) runs
+    through Ray Train with what it turns on (fast's ramp moved to reach 32 px in 2 epochs)."""
     results = {}
     for recipe in RECIPES:
         config = scaled_recipe(
             recipe, eval_size=32, batch_size=64, train_images=DIGITS_TRAIN_IMAGES,
-            data=digits_shards, arch="cifar_resnet20", epochs=3, num_workers=2, cpus_per_worker=0.5,
+            data=digits_shards, arch="cifar_resnet20", epochs=2, num_workers=2, cpus_per_worker=0.5,
             storage=str(tmp_path), name=f"preset-{recipe}", seed=0, shuffle_buffer=256,
+            **({"progressive_ramp": (0.0, 0.5)} if recipe == "fast" else {}),
         )  # fmt: skip
         outcome = run_training(config)
         history = outcome.history
-        assert [int(h["epoch"]) for h in history] == [1, 2, 3], recipe
+        assert [int(h["epoch"]) for h in history] == [1, 2], recipe
         assert all(int(h["val_images"]) == DIGITS_VAL_IMAGES for h in history), recipe
         assert all(math.isfinite(h["train_loss"]) for h in history), recipe
         results[recipe] = history[-1]
     assert "ema_val_top1_error" in results["torchvision-v2"] and "ema_val_top1_error" not in results["paper"]
-    assert "train_image_size" in results["fast"]
+    assert int(results["fast"]["train_image_size"]) == 24  # grown from 20: 160/192 of it, eval at 32
     for recipe, last in results.items():  # ten classes: chance is 0.9
-        assert last["val_top1_error"] < 0.6, (recipe, last)
+        assert last["val_top1_error"] < 0.8, (recipe, last)

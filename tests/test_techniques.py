@@ -57,17 +57,17 @@ def test_mixup_is_the_convex_combination_with_the_drawn_lambda():
 def test_mixup_lambda_follows_beta_alpha_alpha():
     torch.manual_seed(0)
     mixer = BatchMixer(num_classes=5, mixup_alpha=0.2)
-    lams = np.array([mixer.draw(4, 4).lam for _ in range(4000)])
+    lams = np.array([mixer.draw(4, 4).lam for _ in range(600)])
     # Beta(0.2, 0.2): mean 1/2, variance 1 / (4 (2a + 1)) = 0.179, mass piled at both ends.
-    assert abs(lams.mean() - 0.5) < 0.03 and abs(lams.var() - 1 / (4 * 1.4)) < 0.02
-    assert (lams < 0.1).mean() > 0.25 and (lams > 0.9).mean() > 0.25
+    assert abs(lams.mean() - 0.5) < 0.07 and abs(lams.var() - 1 / (4 * 1.4)) < 0.04
+    assert (lams < 0.1).mean() > 0.2 and (lams > 0.9).mean() > 0.2
 
 
 def test_cutmix_pastes_a_box_whose_area_matches_lambda():
     torch.manual_seed(5)
     x, y = batch(h=20, w=30)
     mixer = BatchMixer(num_classes=5, cutmix_alpha=1.0)
-    for _ in range(50):
+    for _ in range(10):
         mixed, target, _ = mixer(x, y)
         draw = mixer.last
         left, top, right, bottom = draw.box
@@ -87,8 +87,8 @@ def test_cutmix_pastes_a_box_whose_area_matches_lambda():
 def test_mixup_and_cutmix_together_pick_one_per_batch_with_equal_odds():
     torch.manual_seed(1)
     mixer = BatchMixer(num_classes=5, mixup_alpha=0.2, cutmix_alpha=1.0)
-    ops = [mixer.draw(8, 8).op for _ in range(2000)]
-    assert abs(ops.count("cutmix") / len(ops) - 0.5) < 0.05
+    ops = [mixer.draw(8, 8).op for _ in range(400)]
+    assert abs(ops.count("cutmix") / len(ops) - 0.5) < 0.1  # 4 standard deviations
 
 
 def test_soft_targets_get_label_smoothing_like_hard_ones():
@@ -367,6 +367,7 @@ def test_eval_resolution_is_separate_from_training():
     assert eval_sizes(recipe_config("fast", data="x")) == (256, 293)
 
 
+@pytest.mark.slow  # Ray Data over the digits shards
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])
 def test_the_pipeline_yields_each_epochs_scheduled_size(digits_shards, ray_local, decode):
     """Datasets built once; per epoch, the platform's batches (CPU decode + device resize, or the
@@ -492,7 +493,7 @@ def test_ema_state_survives_a_checkpoint_round_trip(tmp_path):
     net = build_model("cifar_resnet20", 10)
     techniques = WorkerTechniques(config, net, torch.device("cpu"))
     opt = build_optimizer(net, config)
-    x, y = torch.randn(4, 3, 16, 16), torch.randint(10, (4,))
+    x, y = torch.randn(2, 3, 8, 8), torch.randint(10, (2,))
     for step in range(1, 4):
         nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
