@@ -51,9 +51,12 @@ def transform_config_of(config: TrainConfig, *, train: bool):
             random_erase=config.random_erase,
             erase_fill=tuple(round(m * 255) for m in mean),
         )
-    crop, resize = eval_sizes(config)
+    crop, _ = eval_sizes(config)  # the resize: --val-resize-size, else the 256/224 rule of the crop
     return TransformConfig(
-        image_size=crop, resize_size=resize, augmentation=config.augmentation, ten_crop=config.ten_crop
+        image_size=crop,
+        resize_size=config.val_resize_size,
+        augmentation=config.augmentation,
+        ten_crop=config.ten_crop,
     )
 
 
