@@ -7,8 +7,9 @@ On the fastest GPUs, CPU decoding (about 200 images/s per vCPU with RandomResize
 
 The crop of every image is drawn exactly as the CPU path draws it (``pipeline.draw_crop_for``, from
 ``data/transforms.py``), and resized with the same kernel, so both paths train on the same
-distribution of inputs. The same code runs with device ``cpu``, which is how it is tested without a
-GPU. Undecodable images are skipped and reported in the split's skip record, as on the CPU path.
+distribution of inputs; training crops then get the same TrivialAugment/RandAugment/random erasing
+(``data/augment.py``), drawn from the same generator. The same code runs with device ``cpu``, which
+is how it is tested without a GPU. Undecodable images are skipped and reported in the split's skip record, as on the CPU path.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class DeviceDecoder:
                 failed.append({"key": key, "reason": f"{type(image).__name__}: {image}"})
                 continue
             crop = draw_crop_for(self.rng, image.shape[2], image.shape[1], self.transform, self.train)
-            crops.append(transforms.crop_resize(image, crop, size))
+            out = transforms.crop_resize(image, crop, size)
+            crops.append(self.transform.augment(out, self.rng) if self.train else out)
             keep.append(i)
         self.last_failures = failed
         if failed:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resnet_platform.data import transforms
+from resnet_platform.data import augment, transforms
 from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from resnet_platform.data.manifest import Manifest, read_manifest
 from resnet_platform.data.placement import DataPlacement
@@ -42,14 +42,33 @@ class TransformConfig:
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
     ten_crop: bool = False  # eval only: rows become (10, H, W, 3)
+    # Training only, after the crop (``data/augment.py``): "ta_wide", "randaugment" or "none";
+    # random erasing with this probability, the box filled with ``erase_fill`` (the mean in uint8).
+    auto_augment: str = "none"
+    random_erase: float = 0.0
+    erase_fill: tuple[int, ...] = (124, 116, 104)
 
     def __post_init__(self) -> None:
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, not {self.augmentation!r}")
+        if self.auto_augment not in augment.AUTO_AUGMENTS:
+            raise ValueError(
+                f"auto_augment must be one of {augment.AUTO_AUGMENTS}, not {self.auto_augment!r}"
+            )
 
     @property
     def eval_resize(self) -> int:
         return self.resize_size or transforms.eval_resize_of(self.image_size)
+
+    def augment(self, image, rng: np.random.Generator):
+        """Training augmentations after the crop (uint8 CHW tensor, any device): ``data/augment.py``."""
+        return augment.augment_image(
+            image,
+            rng,
+            auto_augment=self.auto_augment,
+            random_erase=self.random_erase,
+            erase_fill=self.erase_fill,
+        )
 
     @property
     def scale_range(self) -> tuple[int, int]:
@@ -71,14 +90,20 @@ def transform_image(data: bytes, t: TransformConfig, train: bool, rng: np.random
     Every crop, resize and flip comes from ``data/transforms.py``, shared with the GPU decode path
     and with inference (the evaluation crop); CIFAR's pad-crop and the paper's 10-crop testing run
     on the CPU path only."""
+    size = t.image_size
     image = transforms.decode_rgb(data)
     if t.ten_crop and not train:
         return transforms.ten_crop(image, t.eval_resize, t.image_size)
     crop = draw_crop_for(rng, image.shape[2], image.shape[1], t, train)
-    out = transforms.crop_resize(image, crop, t.image_size).permute(1, 2, 0).numpy()
+    out = transforms.crop_resize(image, crop, size)
     if train and t.augmentation == "pad-crop":
-        return pad_crop_flip(out[None], rng)[0]
-    return out
+        import torch
+
+        padded = pad_crop_flip(out.permute(1, 2, 0).numpy()[None], rng)[0]
+        out = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)
+    if train:
+        out = t.augment(out, rng)  # data/augment.py: a no-op unless --auto-augment / --random-erase
+    return out.permute(1, 2, 0).numpy()
 
 
 def draw_crop_for(

@@ -72,7 +72,9 @@ def save_checkpoint(
     state: TrainingState,
     config: dict[str, Any],
     model_config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> Path:
+    """``extra``: more entries of ``state.pt`` (the techniques' state, e.g. ``model_ema``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -88,6 +90,7 @@ def save_checkpoint(
             "rng": capture_rng(),
             # Checkpoints outlive runs and travel (S3, other clusters): credentials stay out.
             "config": json.dumps(redact(config), default=str),
+            **(extra or {}),
         },
         directory / STATE_FILE,
     )

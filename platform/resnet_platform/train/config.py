@@ -37,6 +37,18 @@ class FaultInjection:
     marker: str | None = None
 
 
+def _recipes() -> tuple[str, ...]:
+    from resnet_platform.train.recipes import RECIPE_NAMES
+
+    return RECIPE_NAMES
+
+
+def _auto_augments() -> tuple[str, ...]:
+    from resnet_platform.data.augment import AUTO_AUGMENTS
+
+    return AUTO_AUGMENTS
+
+
 def _archs() -> list[str]:
     from resnet_platform.models import list_archs
 
@@ -63,6 +75,7 @@ FLAG_GROUPS = {
     "execution": "execution",
     "checkpoints": "checkpoints and recovery",
     "tracking": "tracking (MLflow)",
+    "recipe": "recipe and modern techniques (--recipe fills these; a flag overrides; off in the paper's)",
 }
 
 
@@ -185,6 +198,52 @@ class TrainConfig:
         "while MLflow is down, seconds between tries (metrics are buffered meanwhile)",
         group="tracking",
     )
+    # recipe and modern techniques (train/techniques.py; presets in train/recipes.py)
+    recipe: str = setting(
+        "paper",
+        "preset of defaults: paper, torchvision-v2 (ResNet-50 80.9%%), fast (FFCV-like)",
+        group="recipe",
+        choices=_recipes,
+    )
+    auto_augment: str = setting(
+        "none", "per-image automatic augmentation after the crop", group="recipe", choices=_auto_augments
+    )
+    random_erase: float = setting(0.0, "random erasing probability (filled with the mean)", group="recipe")
+    mixup_alpha: float = setting(0.0, "Mixup Beta(a, a) on the device per batch; 0: off", group="recipe")
+    cutmix_alpha: float = setting(
+        0.0, "CutMix Beta(a, a); with Mixup, one of the two per batch", group="recipe"
+    )
+    ema: bool = setting(
+        False, "--ema/--no-ema: an EMA of the weights, validated and checkpointed beside them", group="recipe"
+    )
+    ema_decay: float = setting(
+        0.99998, "torchvision's --model-ema-decay, rescaled by batch x ema-steps / epochs", group="recipe"
+    )
+    ema_steps: int = setting(32, "optimizer steps between EMA updates", group="recipe")
+    register_ema: bool = setting(
+        False,
+        "--register-ema/--no-register-ema: with --ema, rank checkpoints by, log and register the EMA",
+        group="recipe",
+    )
+    grad_accum_steps: int = setting(
+        1, "micro-batches per optimizer step: the global batch on fewer or smaller GPUs", group="recipe"
+    )
+    warmup_start_factor: float | None = setting(
+        None, "linear warmup from this fraction of the lr; unset: (epoch+1)/(warmup+1)", group="recipe"
+    )
+    val_image_size: int | None = setting(None, "evaluation crop; unset: --image-size", group="recipe")
+    val_resize_size: int | None = setting(
+        None, "evaluation shorter-side resize; unset: 256/224 of the eval crop", group="recipe"
+    )
+    progressive_min_size: int | None = setting(
+        None,
+        "progressive resizing: the train crop grows from this to --image-size; unset: off",
+        group="recipe",
+    )
+    progressive_ramp: tuple[float, ...] = setting(
+        (0.7, 0.83), "progressive resizing ramp: start,end as fractions of the epochs", group="recipe"
+    )
+    progressive_step: int = setting(32, "progressive sizes are multiples of this", group="recipe")
     fault: FaultInjection | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -218,6 +277,11 @@ class TrainConfig:
         if self.deterministic and self.augmentation != "none":
             raise ValueError("deterministic runs need augmentation 'none': random crops cannot be replayed")
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
+        self.progressive_ramp = tuple(float(r) for r in self.progressive_ramp)
+        from resnet_platform.train import recipes, techniques
+
+        recipes.recipe_defaults(self.recipe)  # an unknown name fails here, listing the valid ones
+        techniques.check(self)
 
     @property
     def base_lr(self) -> float:
@@ -233,6 +297,21 @@ class TrainConfig:
     @property
     def per_worker_batch(self) -> int:
         return self.batch_size // self.num_workers
+
+    @property
+    def micro_batch_size(self) -> int:
+        """What each worker loads and forwards at once: its share, split by ``grad_accum_steps``."""
+        return self.per_worker_batch // self.grad_accum_steps
+
+    @property
+    def score_metric(self) -> str:
+        """The validation metric that ranks checkpoints and picks the model to log."""
+        return "ema_val_top1_error" if self.registers_ema else "val_top1_error"
+
+    @property
+    def registers_ema(self) -> bool:
+        """The EMA's weights are the run's model (``--ema`` with ``--register-ema``)."""
+        return self.ema and self.register_ema
 
     def storage_uri(self) -> str:
         """Local storage paths become absolute: Ray workers run in other directories."""
@@ -253,6 +332,7 @@ class TrainConfig:
         values = dict(values)
         if isinstance(values.get("fault"), dict):
             values["fault"] = FaultInjection(**values["fault"])
-        if values.get("lr_milestones") is not None:
-            values["lr_milestones"] = tuple(values["lr_milestones"])
+        for name in ("lr_milestones", "progressive_ramp"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
         return cls(**values)

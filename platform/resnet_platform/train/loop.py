@@ -33,10 +33,13 @@ from resnet_platform.data.transforms import (
 )
 from resnet_platform.models import build_model
 
+from .accumulate import Accumulator, with_last
 from .checkpoint import TrainingState, load_checkpoint, persist_with_retries, restore_rng, save_checkpoint
 from .config import TrainConfig
 from .metrics import all_reduce_max, all_reduce_sum, topk_correct
 from .optim import EpochSchedule, build_optimizer
+from .resolution import eval_sizes
+from .techniques import WorkerTechniques
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,22 @@ def transform_config_of(config: TrainConfig, *, train: bool):
     the GPU decode path)."""
     from resnet_platform.data.pipeline import TransformConfig
 
-    t = TransformConfig(image_size=config.image_size, augmentation=config.augmentation)
-    return t if train else dataclasses.replace(t, ten_crop=config.ten_crop)
+    if train:  # the largest crop of a progressive schedule: the worker resizes to the epoch's size
+        mean = NORMALIZATION_STATS[config.normalization][0]
+        return TransformConfig(
+            image_size=config.image_size,
+            augmentation=config.augmentation,
+            auto_augment=config.auto_augment,
+            random_erase=config.random_erase,
+            erase_fill=tuple(round(m * 255) for m in mean),
+        )
+    crop, _ = eval_sizes(config)  # the resize: --val-resize-size, else the 256/224 rule of the crop
+    return TransformConfig(
+        image_size=crop,
+        resize_size=config.val_resize_size,
+        augmentation=config.augmentation,
+        ten_crop=config.ten_crop,
+    )
 
 
 def model_config_of(config: TrainConfig) -> dict:
@@ -108,10 +125,12 @@ class EpochStats:
 
 
 def format_epoch(m: dict, epochs: int) -> str:
+    ema = f"  EMA val top-1 err {m['ema_val_top1_error']:.4f}" if "ema_val_top1_error" in m else ""
+    size = f"  at {int(m['train_image_size'])}px" if "train_image_size" in m else ""
     return (
         f"epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  train top-1 err {m['train_top1_error']:.4f}  "
-        f"val top-1 err {m['val_top1_error']:.4f}  top-5 err {m['val_top5_error']:.4f}  "
-        f"({m['val_images']} val images)  {m['images_per_s']:.0f} img/s  data wait {m['data_wait_s']:.1f}s  "
+        f"val top-1 err {m['val_top1_error']:.4f}  top-5 err {m['val_top5_error']:.4f}{ema}  "
+        f"({m['val_images']} val images)  {m['images_per_s']:.0f} img/s{size}  data wait {m['data_wait_s']:.1f}s  "
         f"lr {m['lr']:.4g}"
     )
 
@@ -134,35 +153,46 @@ def maybe_inject_fault(config: TrainConfig, rank: int, epoch: int, step_in_epoch
     raise RuntimeError(f"injected fault at epoch {epoch} step {step_in_epoch}")
 
 
-def train_one_epoch(model, batches, criterion, optimizer, scaler, amp_dtype, normalize, device, config, ctx):
+def train_one_epoch(
+    model, batches, criterion, optimizer, scaler, amp_dtype, normalize, device, config, ctx,
+    techniques: WorkerTechniques | None = None, image_size: int | None = None,
+):  # fmt: skip
     """One pass over the training shard. Loss and top-k counts accumulate on the device; the host
-    reads them only at logging steps and once at the end (after the all-reduce)."""
+    reads them only at logging steps and once at the end (after the all-reduce).
+
+    ``techniques`` (``train/techniques.py``) resizes each batch to ``image_size``, mixes it, and
+    updates the EMA after each optimizer step; the optimizer steps once per ``grad_accum_steps``
+    micro-batches (``train/accumulate.py``). ``ctx.state.step`` counts optimizer steps."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros(2, dtype=torch.float64, device=device)
     images = 0
     wait = 0.0
+    accumulator = Accumulator(model, optimizer, scaler, config.grad_accum_steps)
+    size = image_size or config.image_size
     start = tick = time.perf_counter()
-    for step_in_epoch, batch in enumerate(batches):
+    for step_in_epoch, (batch, is_last) in enumerate(with_last(batches)):
         wait += time.perf_counter() - tick
         maybe_inject_fault(config, ctx.rank, ctx.state.epoch, step_in_epoch)
         x, y = normalize(batch["image"]), batch["label"]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
-            loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        target = hard = y
+        if techniques is not None:
+            x, target, hard = techniques.prepare(x, y, size, normalize.format)
+        with accumulator.micro_step(is_last):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(x)
+                loss = criterion(logits, target)
+            accumulator.backward(loss)
         n = y.shape[0]
         images += n
         loss_sum += loss.detach().double() * n
-        correct += topk_correct(logits.detach(), y)
+        correct += topk_correct(logits.detach(), hard)
+        if not accumulator.stepped:
+            tick = time.perf_counter()
+            continue
         ctx.state.step += 1
+        if techniques is not None:
+            techniques.after_step(ctx.state.step, ctx.state.epoch)
         if ctx.logger is not None and ctx.state.step % config.log_every_steps == 0:
             elapsed = time.perf_counter() - start
             ctx.logger.log_step(
@@ -186,9 +216,16 @@ def evaluate(model, batches, criterion, amp_dtype, normalize, device) -> EpochSt
 
     Ten-crop batches (N, 10, H, W, 3) average the softmax over the crops, as the paper does.
     """
-    net = unwrap(model).eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros(2, dtype=torch.float64, device=device)
+    return evaluate_models({"": model}, batches, criterion, amp_dtype, normalize, device)[""]
+
+
+@torch.no_grad()
+def evaluate_models(models: dict, batches, criterion, amp_dtype, normalize, device) -> dict[str, EpochStats]:
+    """:func:`evaluate` for several networks (the raw weights and their EMA) in one pass over the
+    validation rows: ``{name: EpochStats}``."""
+    nets = {name: unwrap(m).eval() for name, m in models.items()}
+    loss_sum = {name: torch.zeros((), dtype=torch.float64, device=device) for name in nets}
+    correct = {name: torch.zeros(2, dtype=torch.float64, device=device) for name in nets}
     images, wait = 0, 0.0
     start = tick = time.perf_counter()
     for batch in batches:
@@ -196,29 +233,40 @@ def evaluate(model, batches, criterion, amp_dtype, normalize, device) -> EpochSt
         images_u8, y = batch["image"], batch["label"]
         crops = images_u8.shape[1] if images_u8.ndim == 5 else 1
         x = normalize(images_u8.reshape(-1, *images_u8.shape[-3:]))
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = net(x).float()
-        if crops > 1:
-            probs = logits.softmax(dim=1).view(-1, crops, logits.shape[1]).mean(dim=1)
-            logits = probs.log()
-        loss_sum += criterion(logits, y).double() * y.shape[0]
-        correct += topk_correct(logits, y)
+        for name, net in nets.items():
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = net(x).float()
+            if crops > 1:
+                probs = logits.softmax(dim=1).view(-1, crops, logits.shape[1]).mean(dim=1)
+                logits = probs.log()
+            loss_sum[name] += criterion(logits, y).double() * y.shape[0]
+            correct[name] += topk_correct(logits, y)
         images += y.shape[0]
         tick = time.perf_counter()
     seconds = time.perf_counter() - start
-    total, loss_total, c1, c5 = all_reduce_sum([images, loss_sum, correct[0], correct[1]], device)
-    total_safe = max(total, 1)
-    return EpochStats(
-        loss_total / total_safe, 1 - c1 / total_safe, 1 - c5 / total_safe, int(total), seconds, wait
-    )
+    out = {}
+    for name in nets:
+        total, loss_total, c1, c5 = all_reduce_sum(
+            [images, loss_sum[name], correct[name][0], correct[name][1]], device
+        )
+        total_safe = max(total, 1)
+        out[name] = EpochStats(
+            loss_total / total_safe, 1 - c1 / total_safe, 1 - c5 / total_safe, int(total), seconds, wait
+        )
+    return out
 
 
-def epoch_batches(shard, config: TrainConfig, device: torch.device, *, train: bool, shuffle_seed: int | None):
-    """The worker's batches of one epoch, as uint8 NHWC + int64 labels on its device.
+def epoch_batches(
+    shard, config: TrainConfig, device: torch.device, *, train: bool, shuffle_seed: int | None,
+    image_size: int | None = None,
+):  # fmt: skip
+    """The worker's batches of one epoch, as uint8 NHWC + int64 labels on its device, in
+    micro-batches (``per_worker_batch / grad_accum_steps`` rows).
 
     ``decode="cpu"``: Ray Data decoded them on the data nodes; they are copied to the device from
     pinned memory (non-blocking) with ``prefetch_batches`` in flight. ``decode="gpu"``: the rows are
-    JPEG bytes, decoded and cropped here on the device (``data/device_decode.py``).
+    JPEG bytes, decoded and cropped here on the device (``data/device_decode.py``), training crops at
+    ``image_size`` (the epoch's size of a progressive schedule).
     """
     shuffle = {"local_shuffle_buffer_size": config.shuffle_buffer or None, "local_shuffle_seed": shuffle_seed}
     if not train:
@@ -227,21 +275,24 @@ def epoch_batches(shard, config: TrainConfig, device: torch.device, *, train: bo
         from resnet_platform.data.device_decode import DeviceDecoder
         from resnet_platform.data.pipeline import skips_name_of
 
+        transform = transform_config_of(config, train=train)
+        if train and image_size is not None:
+            transform = dataclasses.replace(transform, image_size=image_size)
         decoder = DeviceDecoder(
-            transform_config_of(config, train=train),
+            transform,
             train=train,
             device=device,
             skips_name=skips_name_of(config.data, "train" if train else "val"),
         )
         raw = shard.iter_batches(
-            batch_size=config.per_worker_batch,
+            batch_size=config.micro_batch_size,
             batch_format="numpy",
             prefetch_batches=config.prefetch_batches,
             **shuffle,
         )
         return decoder.batches(raw)
     return shard.iter_torch_batches(
-        batch_size=config.per_worker_batch,
+        batch_size=config.micro_batch_size,
         dtypes={"image": torch.uint8, "label": torch.int64},
         prefetch_batches=config.prefetch_batches,
         pin_memory=device.type == "cuda",
@@ -292,6 +343,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     normalize = Normalizer(device, config.channels_last, *NORMALIZATION_STATS[config.normalization])
     forward_model = torch.compile(model) if config.compile else model
+    techniques = WorkerTechniques(config, unwrap(model), device)
 
     state = TrainingState()
     checkpoint = ray.train.get_checkpoint()
@@ -303,6 +355,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         schedule.load_state_dict(saved["schedule"])
         if scaler is not None and saved["scaler"] is not None:
             scaler.load_state_dict(saved["scaler"])
+        techniques.load_state_dict(saved)
         state = TrainingState(
             saved["epoch"], saved["step"], saved["best_val_top1_error"], list(saved["history"])
         )
@@ -318,12 +371,19 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
     for epoch in range(state.epoch, config.epochs):
         shuffle_seed = None if config.seed is None else config.seed * 1000 + epoch
-        batches = epoch_batches(train_shard, config, device, train=True, shuffle_seed=shuffle_seed)
-        train = train_one_epoch(
-            forward_model, batches, criterion, optimizer, scaler, amp_dtype, normalize, device, config, ctx
+        size = techniques.train_size(epoch)
+        batches = epoch_batches(
+            train_shard, config, device, train=True, shuffle_seed=shuffle_seed, image_size=size
         )
+        train = train_one_epoch(
+            forward_model, batches, criterion, optimizer, scaler, amp_dtype, normalize, device, config, ctx,
+            techniques=techniques, image_size=size,
+        )  # fmt: skip
         val_batches = epoch_batches(val_shard, config, device, train=False, shuffle_seed=None)
-        val = evaluate(model, val_batches, criterion, amp_dtype, normalize, device)
+        evals = evaluate_models(
+            techniques.eval_models(model), val_batches, criterion, amp_dtype, normalize, device
+        )
+        val = evals[""]
         if rank == 0:  # every worker has consumed its rows (the evaluation all-reduced): skips are recorded
             check_skip_budget(config.data, ("train", "val"), config.max_skipped_fraction)
         lr = schedule.lr
@@ -348,6 +408,17 @@ def train_loop_per_worker(config_dict: dict) -> None:
             "data_wait_s": all_reduce_max(train.data_wait_s, device),
             "best_val_top1_error": state.best_val_top1_error,
         }
+        if config.progressive_min_size is not None:
+            metrics["train_image_size"] = size
+        for prefix, stats in evals.items():
+            if prefix:  # the EMA's validation, beside the raw weights'
+                metrics.update(
+                    {
+                        f"{prefix}val_loss": stats.loss,
+                        f"{prefix}val_top1_error": stats.top1_error,
+                        f"{prefix}val_top5_error": stats.top5_error,
+                    }
+                )
         state.history.append({k: float(v) for k, v in metrics.items()})
         if rank == 0:  # a platform line: printed once, also when Ray's INFO lines are not
             log.info(format_epoch(metrics, config.epochs))
@@ -364,6 +435,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                     state=state,
                     config=config.to_dict(),
                     model_config=model_config_of(config),
+                    extra=techniques.state_dict(),
                 )
                 report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(

@@ -17,6 +17,7 @@ from resnet_platform.data.transforms import eval_preprocessing
 
 from .checkpoint import load_checkpoint, load_model_config
 from .config import TrainConfig
+from .resolution import eval_sizes
 from .runner import TrainingOutcome, run_training
 
 log = logging.getLogger(__name__)
@@ -178,26 +179,33 @@ class MlflowTracker:
                 with outcome.best_checkpoint.as_directory() as directory:
                     state = load_checkpoint(directory)
                     model_config = load_model_config(directory)
+                eval_crop, eval_resize = eval_sizes(config)
                 spec = ModelSpec(
                     arch=model_config["arch"],
                     num_classes=model_config["num_classes"],
                     options=model_config["options"],
                     class_names=manifest.class_names,
                     wnids=manifest.classes,
-                    # Served as validated: the same crop, resize and normalization.
-                    **eval_preprocessing(config.image_size, config.augmentation, config.normalization),
+                    # Served as validated: the same crop, resize and normalization
+                    # (train/resolution.py: --val-image-size / --val-resize-size may differ from training's).
+                    **{
+                        **eval_preprocessing(eval_crop, config.augmentation, config.normalization),
+                        "resize_size": eval_resize,
+                    },
                 )
+                # --register-ema: the EMA's weights and validation errors are the model's.
+                prefix = "ema_" if config.registers_ema else ""
                 metrics = {
-                    k: outcome.best_metrics[k]
+                    k: outcome.best_metrics[prefix + k]
                     for k in ("val_top1_error", "val_top5_error")
-                    if k in outcome.best_metrics
+                    if prefix + k in outcome.best_metrics
                 }
                 try:
                     with bounded_mlflow_http(self.limits):
                         info = log_resnet_model(
                             self.tracking_uri,
                             self.run_id,
-                            state["model"],
+                            state["model_ema"]["model"] if config.registers_ema else state["model"],
                             spec,
                             registered_name=config.register_as,
                             metrics=metrics,

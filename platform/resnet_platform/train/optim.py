@@ -28,10 +28,15 @@ def lr_factor(epoch: int, config: TrainConfig) -> float:
     """Multiplier of the base rate for the epoch with 0-based index ``epoch``.
 
     Milestones are absolute epochs (30 and 60 stay 30 and 60 with a warmup in front); the cosine
-    runs from the end of the warmup to the last epoch.
+    runs from the end of the warmup to the last epoch. The warmup ramps ``(epoch + 1) / (w + 1)``
+    (Goyal et al.), or from ``warmup_start_factor`` linearly towards 1 (torchvision's ``LinearLR``:
+    0.01, 0.208, ... for 0.01 over 5 epochs).
     """
     w = config.warmup_epochs
     warm = (epoch + 1) / (w + 1) if epoch < w else 1.0
+    if epoch < w and config.warmup_start_factor is not None:  # torchvision's LinearLR warmup
+        s = config.warmup_start_factor
+        warm = s + (1.0 - s) * epoch / w
     if config.lr_schedule == "step":
         return warm * config.lr_gamma ** sum(epoch >= m for m in config.lr_milestones)
     if config.lr_schedule == "cosine":

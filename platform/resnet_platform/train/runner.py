@@ -110,7 +110,7 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.keep_checkpoints,
-                checkpoint_score_attribute="val_top1_error",
+                checkpoint_score_attribute=config.score_metric,  # the EMA's with --register-ema
                 checkpoint_score_order="min",
             ),
             # Ray Train's own INFO lines repeat every metric of every report; rank 0 prints its own.
@@ -200,7 +200,7 @@ def summarize(config: TrainConfig, result) -> TrainingOutcome:
     best = None
     best_metrics: dict[str, Any] = {}
     if result.best_checkpoints:
-        ckpt, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1]["val_top1_error"])
+        ckpt, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1][config.score_metric])
         best = ckpt
     return TrainingOutcome(
         name=config.name,
