@@ -65,10 +65,12 @@ def test_resume_is_exact_with_every_technique_on(digits_shards, ray_local, tmp_p
 
 @pytest.mark.slow
 def test_the_demo_data_trains_with_each_preset(digits_shards, ray_local, tmp_path):
-    """Every preset at the digits' scale (eval crop 32 px, batch 64, 2 epochs, 2 workers) runs
-    through Ray Train with what it turns on (fast's ramp moved to grow within 2 epochs)."""
+    """The modern presets at the digits' scale (eval crop 32 px, batch 64, 2 epochs, 2 workers) run
+    through Ray Train with what they turn on (fast's ramp moved to grow within 2 epochs). ``paper``
+    is ``TrainConfig()``'s defaults (test_techniques), which every run in test_train.py trains."""
+    assert set(RECIPES) == {"paper", "torchvision-v2", "fast"}
     results = {}
-    for recipe in RECIPES:
+    for recipe in ("torchvision-v2", "fast"):
         config = scaled_recipe(
             recipe, eval_size=32, batch_size=64, train_images=DIGITS_TRAIN_IMAGES,
             data=digits_shards, arch="cifar_resnet20", epochs=2, num_workers=2, cpus_per_worker=0.5,
@@ -81,8 +83,7 @@ def test_the_demo_data_trains_with_each_preset(digits_shards, ray_local, tmp_pat
         assert all(int(h["val_images"]) == DIGITS_VAL_IMAGES for h in history), recipe
         assert all(math.isfinite(h["train_loss"]) for h in history), recipe
         results[recipe] = history[-1]
-    assert "ema_val_top1_error" in results["torchvision-v2"] and "ema_val_top1_error" not in results["paper"]
+    assert "ema_val_top1_error" in results["torchvision-v2"] and "ema_val_top1_error" not in results["fast"]
     assert int(results["fast"]["train_image_size"]) == 24  # grown from 20: 160/192 of it, eval at 32
-    # Ten classes: chance is 0.9. The paper's preset got 0.649 here; 2 epochs at lr 0.03 are too
-    # few to ask Mixup/CutMix/TrivialAugment (or 20-24 px crops) for a given error.
-    assert results["paper"]["val_top1_error"] < 0.8, results["paper"]
+    # Ten classes: chance is 0.9; 2 epochs at lr 0.03 are too few to ask Mixup/CutMix/TrivialAugment
+    # (or 20-24 px crops) for a given error, only for finite losses and whole validations.
