@@ -97,9 +97,15 @@ def degradation_summary(results: Sequence[TrialResult]) -> str:
     return "; ".join(parts) + "."
 
 
-def plot_figure6(results: Sequence[TrialResult], path: str | Path) -> Path:
-    """Figure 6: error (%) against iterations, plain nets left, ResNets right; training error dashed,
-    test error bold, one colour per depth."""
+def plot_figure6(
+    results: Sequence[TrialResult],
+    path: str | Path,
+    *,
+    iterations_unit: float = 1e4,
+    title: str | None = None,
+) -> Path:
+    """Figure 6: error (%) against iterations (in ``iterations_unit``s, the paper's 1e4), plain nets
+    left, ResNets right; training error dashed, test error bold, one colour per depth."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,17 +118,30 @@ def plot_figure6(results: Sequence[TrialResult], path: str | Path) -> Path:
         for r in sorted((r for r in results if r.residual == residual), key=lambda r: r.depth):
             color = colors[depths.index(r.depth) % len(colors)]
             rows = [h for h in r.history if h.get("step") is not None]
-            xs = [float(h["step"]) / 1e4 for h in rows]
-            ax.plot(xs, [100 * h["train_top1_error"] for h in rows], "--", color=color, linewidth=1.0)
+            xs = [float(h["step"]) / iterations_unit for h in rows]
+            dots = (
+                {"marker": "o", "markersize": 3} if len(rows) <= 30 else {}
+            )  # short runs: every epoch shows
+            ax.plot(xs, [100 * h["train_top1_error"] for h in rows], "--", color=color, linewidth=1.0, **dots)
             ax.plot(
-                xs, [100 * h["val_top1_error"] for h in rows], "-", color=color, linewidth=2.5, label=r.label
+                xs,
+                [100 * h["val_top1_error"] for h in rows],
+                "-",
+                color=color,
+                linewidth=2.5,
+                label=r.label,
+                **dots,
             )
         ax.set_title("plain networks" if not residual else "ResNets")
-        ax.set_xlabel("iter. (1e4)")
+        ax.set_xlabel(
+            "iter." if iterations_unit == 1 else f"iter. ({iterations_unit:.0e})".replace("e+0", "e")
+        )
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     axes[0].set_ylabel("error (%)  (dashed: training, bold: test)")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return save_png(fig, path)
 
