@@ -260,7 +260,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     first_trial = first.data.tags["sweep.trial_id"]
 
     resumed = subprocess.run(
-        _sweep_cmd(digits_shards, tmp_path, mlflow_server.uri, "--resume"),
+        _sweep_cmd(
+            digits_shards, tmp_path, mlflow_server.uri, "--resume", "--verbose"
+        ),  # Tune's "started" lines
         env=env,
         capture_output=True,
         text=True,
