@@ -191,6 +191,15 @@ class RunLogger:
         self._drain()
         return True
 
+    def log_event(self, metrics: Mapping[str, float], step: int) -> None:
+        """Metrics that mark an event of this incarnation (e.g. the worker count at a group start):
+        sent even at a step an earlier incarnation already logged, with the usual outage buffering."""
+        points = self._metrics(metrics, step, _now_ms())
+        if points:
+            self._pending.append(_Batch(points))
+            self._trim()
+            self._drain()
+
     def flush(self, send: bool = True) -> None:
         buffer, self._buffer = self._buffer, []
         self._last_flush = time.monotonic()

@@ -72,9 +72,12 @@ def save_checkpoint(
     state: TrainingState,
     config: dict[str, Any],
     model_config: dict[str, Any],
+    position: dict[str, float] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """``extra``: more entries of ``state.pt`` (the techniques' state, e.g. ``model_ema``)."""
+    """``position``: where in the epoch in progress a mid-epoch (preemption) checkpoint was taken
+    (``preemption.EpochPosition``); None at an epoch boundary. ``extra``: more entries of
+    ``state.pt`` (the techniques' state, e.g. ``model_ema``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -87,6 +90,7 @@ def save_checkpoint(
             "step": state.step,
             "best_val_top1_error": state.best_val_top1_error,
             "history": state.history,
+            "position": position,
             "rng": capture_rng(),
             # Checkpoints outlive runs and travel (S3, other clusters): credentials stay out.
             "config": json.dumps(redact(config), default=str),
@@ -106,7 +110,7 @@ def load_model_config(directory: str | Path) -> dict[str, Any]:
     return json.loads((Path(directory) / MODEL_CONFIG_FILE).read_text())
 
 
-def persist_with_retries(checkpoint, checkpoint_dir_name: str):
+def persist_with_retries(checkpoint, checkpoint_dir_name: str, on_attempt=None):
     """Ray Train's own checkpoint upload, tried again with backoff when it fails.
 
     ``ray.train.report(checkpoint_upload_fn=...)`` calls this instead of
@@ -114,11 +118,47 @@ def persist_with_retries(checkpoint, checkpoint_dir_name: str):
     which copies once through the pyarrow filesystem and fails the attempt on the first error. The
     S3 SDK retries single requests; this retries the whole copy (files are overwritten, so a
     half-copied directory is completed), so a transient outage costs seconds, not the epoch.
+    ``on_attempt()`` is called before each try (the uploader counts them).
     """
     from resnet_platform import storage
     from resnet_platform._compat import checkpoint_target, persist_checkpoint
 
-    return storage.with_retries(
-        lambda: persist_checkpoint(checkpoint, checkpoint_dir_name),
-        f"checkpoint upload to {checkpoint_target(checkpoint_dir_name)}",
-    )
+    def attempt():
+        if on_attempt is not None:
+            on_attempt()
+        persisted = persist_checkpoint(checkpoint, checkpoint_dir_name)
+        verify_copy(checkpoint, persisted)
+        return persisted
+
+    target = checkpoint_target(checkpoint_dir_name)
+    return storage.with_retries(attempt, f"checkpoint upload to {target}")
+
+
+class IncompleteCopyError(OSError):
+    """A checkpoint copy that returned without error but left files missing or short in storage."""
+
+
+def verify_copy(source, persisted) -> None:
+    """Every file of ``source`` (a local checkpoint) is in ``persisted`` with the same size.
+
+    Needed because the copy can fail silently: pyarrow 25's S3 output stream uploads in the
+    background, and when a part upload fails, closing the stream inside ``pyarrow.fs.copy_files``
+    (what Ray Train's ``persist_current_checkpoint`` calls) only logs "Error ignored when destroying
+    file" and the copy returns success with the object never written (reproduced with dropped
+    connections on loopback: ``tests/test_spot_elastic.py``). Raised as an ``OSError`` so the whole
+    copy is tried again."""
+    import pyarrow.fs as pafs
+
+    def sizes(fs, root: str) -> dict[str, int]:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        root = root.rstrip("/") + "/"
+        return {i.path[len(root) :]: i.size for i in infos if i.type == pafs.FileType.File}
+
+    want = sizes(source.filesystem, source.path)
+    have = sizes(persisted.filesystem, persisted.path)
+    wrong = sorted(name for name, size in want.items() if have.get(name) != size)
+    if wrong:
+        raise IncompleteCopyError(
+            f"{persisted.path}: {len(wrong)} of {len(want)} files missing or short after the copy "
+            f"({', '.join(wrong[:5])})"
+        )

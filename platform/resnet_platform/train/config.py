@@ -21,6 +21,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
 NORMALIZATIONS = ("imagenet", "cifar10")
 DECODE_MODES = ("cpu", "gpu")
+CHECKPOINT_UPLOAD_MODES = ("async", "sync")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,10 @@ class FaultInjection:
 
     epoch: int
     step: int = 0
-    kind: str = "exit"  # "exit": the worker process dies (os._exit); "raise": an exception
+    # "exit": the worker process dies (os._exit); "raise": an exception; "preempt": the run is told a
+    # preemption is pending at that step (as ray.train.get_preemption_info() would), writes its
+    # preemption checkpoint, then rank ``rank`` dies (the node going away)
+    kind: str = "exit"
     rank: int = 0
     marker: str | None = None
 
@@ -119,6 +123,8 @@ class TrainConfig:
     )
     prefetch_batches: int = setting(2, "batches each worker has in flight ahead of the step", group="data")
     num_classes: int | None = setting(None, group="data", cli=False)  # from the dataset manifest
+    # Training images per epoch (the manifest's count): how much of an epoch a mid-epoch resume has left.
+    train_images: int | None = setting(None, group="data", cli=False)
     max_image_pixels: int | None = setting(
         DEFAULT_MAX_IMAGE_PIXELS,
         "images with more pixels (width x height) are rejected at read time, counted as skipped "
@@ -142,7 +148,9 @@ class TrainConfig:
     zero_init_residual: bool = setting(False, "zero the last BN of each residual branch", group="model")
     # optimisation (the paper's recipe)
     epochs: int = setting(90, group="optimization")
-    batch_size: int = setting(256, "global batch, over all workers", group="optimization")
+    batch_size: int = setting(
+        256, "global batch, over all workers (elastic: at the maximum worker count)", group="optimization"
+    )
     lr: float | None = setting(None, "learning rate (default: 0.1 x batch-size / 256)", group="optimization")
     momentum: float = setting(0.9, group="optimization")
     weight_decay: float = setting(1e-4, group="optimization")
@@ -162,7 +170,19 @@ class TrainConfig:
     )
     error_warmup_threshold: float = setting(0.8, group="optimization")
     # execution
-    num_workers: int = setting(2, "DDP workers (one GPU each with --use-gpu)", group="execution")
+    num_workers: int | tuple[int, int] = setting(
+        2,
+        "DDP workers (one GPU each with --use-gpu): N stays N; MIN-MAX (e.g. 4-16) is elastic, training "
+        "on whatever fits between the bounds (see train/elastic.py for the batch and lr policy)",
+        group="execution",
+        metavar="N|MIN-MAX",
+    )
+    elastic_resize_interval_s: float = setting(
+        60.0,
+        "elastic runs: seconds between checks for added capacity (growing restarts the group from the "
+        "latest checkpoint)",
+        group="execution",
+    )
     use_gpu: bool = setting(False, "one GPU per worker", group="execution")
     cpus_per_worker: float = setting(
         0.5, "CPUs reserved per training worker; the rest decode images", group="execution"
@@ -179,6 +199,25 @@ class TrainConfig:
     name: str | None = setting(None, "run name (default: ARCH-TIMESTAMP)", group="checkpoints")
     resume: bool = setting(False, "continue the run --name at --storage", group="checkpoints")
     max_failures: int = setting(0, "worker-group restarts allowed", group="checkpoints")
+    max_preemptions: int = setting(
+        -1,
+        "restarts after node preemptions (spot reclaims, drains), counted apart from --max-failures; "
+        "-1: unlimited",
+        group="checkpoints",
+    )
+    preemption_check_steps: int = setting(
+        10,
+        "steps between checks for a pending preemption (a checkpoint follows at the next boundary); "
+        "0: never check",
+        group="checkpoints",
+    )
+    checkpoint_upload: str = setting(
+        "async",
+        "async: the next epoch starts while the checkpoint uploads (one upload in flight at most); "
+        "sync: every worker waits for the upload",
+        group="checkpoints",
+        choices=CHECKPOINT_UPLOAD_MODES,
+    )
     checkpoint_every: int = setting(1, "epochs between checkpoints", group="checkpoints")
     keep_checkpoints: int = setting(3, "best K kept by val error", group="checkpoints")
     # tracking
@@ -256,15 +295,24 @@ class TrainConfig:
             ("augmentation", self.augmentation, AUGMENTATIONS),
             ("normalization", self.normalization, NORMALIZATIONS),
             ("decode", self.decode, DECODE_MODES),
+            ("checkpoint_upload", self.checkpoint_upload, CHECKPOINT_UPLOAD_MODES),
         ):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-        if self.batch_size % self.num_workers:
+        from .elastic import parse_worker_count
+
+        self.num_workers = parse_worker_count(self.num_workers)
+        if self.batch_size % self.max_workers:
             raise ValueError(
-                f"global batch {self.batch_size} does not divide evenly over {self.num_workers} workers"
+                f"global batch {self.batch_size} does not divide evenly over {self.max_workers} workers"
             )
-        if self.epochs < 1 or self.num_workers < 1 or self.checkpoint_every < 1:
-            raise ValueError("epochs, num_workers and checkpoint_every must be at least 1")
+        if self.epochs < 1 or self.checkpoint_every < 1:
+            raise ValueError("epochs and checkpoint_every must be at least 1")
+        if self.max_preemptions < -1 or self.preemption_check_steps < 0 or self.elastic_resize_interval_s < 0:
+            raise ValueError(
+                "max preemptions must be -1 (unlimited) or more; preemption check steps and the elastic "
+                "resize interval cannot be negative"
+            )
         if self.decode == "gpu" and (self.augmentation == "pad-crop" or self.ten_crop):
             raise ValueError(
                 "--decode gpu supports the rrc, scale and none augmentations, without --ten-crop"
@@ -295,8 +343,21 @@ class TrainConfig:
         return DataPlacement(node_label=self.data_node_label, node_resource=self.data_node_resource)
 
     @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
     def per_worker_batch(self) -> int:
-        return self.batch_size // self.num_workers
+        """Fixed for the run: ``batch_size`` is the global batch at ``max_workers`` (train/elastic.py)."""
+        return self.batch_size // self.max_workers
 
     @property
     def micro_batch_size(self) -> int:

@@ -33,13 +33,16 @@ from resnet_platform.data.transforms import (
 )
 from resnet_platform.models import build_model
 
+from . import elastic
 from .accumulate import Accumulator, with_last
-from .checkpoint import TrainingState, load_checkpoint, persist_with_retries, restore_rng, save_checkpoint
+from .checkpoint import TrainingState, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig
 from .metrics import all_reduce_max, all_reduce_sum, topk_correct
 from .optim import EpochSchedule, build_optimizer
+from .preemption import EpochPosition, PreemptionWatch, ResumePlan, preempt_checkpoint_name, resume_plan
 from .resolution import eval_sizes
 from .techniques import WorkerTechniques
+from .uploads import CheckpointUploader
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def maybe_inject_fault(config: TrainConfig, rank: int, epoch: int, step_in_epoch: int) -> None:
     fault = config.fault
-    if fault is None or fault.rank != rank or fault.epoch != epoch or fault.step != step_in_epoch:
+    if fault is None or fault.kind == "preempt":  # preemptions are injected by the PreemptionWatch
+        return
+    if fault.rank != rank or fault.epoch != epoch or fault.step != step_in_epoch:
         return
     if fault.marker:
         if Path(fault.marker).exists():
@@ -154,16 +159,35 @@ def maybe_inject_fault(config: TrainConfig, rank: int, epoch: int, step_in_epoch
 
 
 def train_one_epoch(
-    model, batches, criterion, optimizer, scaler, amp_dtype, normalize, device, config, ctx,
-    techniques: WorkerTechniques | None = None, image_size: int | None = None,
-):  # fmt: skip
+    model,
+    batches,
+    criterion,
+    optimizer,
+    scaler,
+    amp_dtype,
+    normalize,
+    device,
+    config,
+    ctx,
+    plan: ResumePlan | None = None,
+    carried: EpochPosition | None = None,
+    at_boundary=None,
+    techniques: WorkerTechniques | None = None,
+    image_size: int | None = None,
+):
     """One pass over the training shard. Loss and top-k counts accumulate on the device; the host
     reads them only at logging steps and once at the end (after the all-reduce).
+
+    After a mid-epoch checkpoint, ``plan`` says where the epoch continues and ``carried`` holds its
+    sums so far (added to this pass's). ``at_boundary(step_in_epoch, position_fn)`` runs on every
+    worker after each optimizer step; ``position_fn()`` (a collective) returns the epoch's position
+    there (``steps`` counts micro-batches, so a resume skips exactly the ones trained on).
 
     ``techniques`` (``train/techniques.py``) resizes each batch to ``image_size``, mixes it, and
     updates the EMA after each optimizer step; the optimizer steps once per ``grad_accum_steps``
     micro-batches (``train/accumulate.py``). ``ctx.state.step`` counts optimizer steps."""
     model.train()
+    plan = plan or ResumePlan()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros(2, dtype=torch.float64, device=device)
     images = 0
@@ -171,7 +195,33 @@ def train_one_epoch(
     accumulator = Accumulator(model, optimizer, scaler, config.grad_accum_steps)
     size = image_size or config.image_size
     start = tick = time.perf_counter()
-    for step_in_epoch, (batch, is_last) in enumerate(with_last(batches)):
+    batches = iter(batches)
+    for _ in range(plan.skip_batches):  # deterministic resume: the batches already trained on
+        if next(batches, None) is None:
+            break
+    tick = time.perf_counter()
+    trained = 0
+
+    def position() -> EpochPosition:
+        total, loss_total, c1, c5 = all_reduce_sum([images, loss_sum, correct[0], correct[1]], device)
+        seconds = all_reduce_max(time.perf_counter() - start, device)
+        waited = all_reduce_max(wait, device)
+        base = carried or EpochPosition(ctx.state.epoch, 0, 0, ctx.world, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return EpochPosition(
+            epoch=ctx.state.epoch,
+            steps=plan.start_step + trained,
+            images=base.images + int(total),
+            world_size=ctx.world,
+            loss_sum=base.loss_sum + loss_total,
+            correct1=base.correct1 + c1,
+            correct5=base.correct5 + c5,
+            seconds=base.seconds + seconds,
+            data_wait_s=base.data_wait_s + waited,
+        )
+
+    for step_in_epoch, (batch, is_last) in enumerate(with_last(batches), start=plan.start_step):
+        if plan.max_steps is not None and trained >= plan.max_steps:
+            break
         wait += time.perf_counter() - tick
         maybe_inject_fault(config, ctx.rank, ctx.state.epoch, step_in_epoch)
         x, y = normalize(batch["image"]), batch["label"]
@@ -187,6 +237,7 @@ def train_one_epoch(
         images += n
         loss_sum += loss.detach().double() * n
         correct += topk_correct(logits.detach(), hard)
+        trained += 1
         if not accumulator.stepped:
             tick = time.perf_counter()
             continue
@@ -203,9 +254,15 @@ def train_one_epoch(
                 },
                 step=ctx.state.step,
             )
+        if at_boundary is not None:
+            at_boundary(step_in_epoch, position)
         tick = time.perf_counter()
     seconds = time.perf_counter() - start
     total, loss_total, c1, c5 = all_reduce_sum([images, loss_sum, correct[0], correct[1]], device)
+    if carried is not None:  # the part of the epoch before the mid-epoch checkpoint
+        total, loss_total = total + carried.images, loss_total + carried.loss_sum
+        c1, c5 = c1 + carried.correct1, c5 + carried.correct5
+        seconds, wait = seconds + carried.seconds, wait + carried.data_wait_s
     total = max(total, 1)
     return EpochStats(loss_total / total, 1 - c1 / total, 1 - c5 / total, int(total), seconds, wait)
 
@@ -337,7 +394,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     optimizer = build_optimizer(model, config)
-    schedule = EpochSchedule(optimizer, config)
+    # Elastic runs: the rate follows the global batch of this many workers (train/elastic.py).
+    schedule = EpochSchedule(optimizer, config, lr_scale=elastic.lr_scale(config, world))
     amp_dtype = resolve_amp(config.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -346,6 +404,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     techniques = WorkerTechniques(config, unwrap(model), device)
 
     state = TrainingState()
+    position = None  # set when resuming from a mid-epoch (preemption) checkpoint
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -355,97 +414,177 @@ def train_loop_per_worker(config_dict: dict) -> None:
         schedule.load_state_dict(saved["schedule"])
         if scaler is not None and saved["scaler"] is not None:
             scaler.load_state_dict(saved["scaler"])
-        techniques.load_state_dict(saved)
         state = TrainingState(
             saved["epoch"], saved["step"], saved["best_val_top1_error"], list(saved["history"])
         )
+        techniques.load_state_dict(saved)
+        position = EpochPosition.from_dict(saved.get("position"))
         if rank == 0:
             restore_rng(saved["rng"])
         elif config.seed is not None:
             seed_everything(config.seed + rank + 1000 * state.epoch)
-        log.info("rank %d resumed after epoch %d (step %d)", rank, state.epoch, state.step)
+        where = f" and {position.steps} steps of epoch {state.epoch + 1}" if position else ""
+        log.info("rank %d resumed after epoch %d%s (step %d)", rank, state.epoch, where, state.step)
 
     ctx = WorkerContext(rank, world, state, _open_logger(config, rank))
+    if rank == 0:  # every group start: the first, each resize, each restart
+        elastic.log_world_size(ctx.logger, world, state.step, config)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    uploader = CheckpointUploader(config.checkpoint_upload, rank)
+    watch = PreemptionWatch(config, rank)
 
-    for epoch in range(state.epoch, config.epochs):
-        shuffle_seed = None if config.seed is None else config.seed * 1000 + epoch
-        size = techniques.train_size(epoch)
-        batches = epoch_batches(
-            train_shard, config, device, train=True, shuffle_seed=shuffle_seed, image_size=size
-        )
-        train = train_one_epoch(
-            forward_model, batches, criterion, optimizer, scaler, amp_dtype, normalize, device, config, ctx,
-            techniques=techniques, image_size=size,
-        )  # fmt: skip
-        val_batches = epoch_batches(val_shard, config, device, train=False, shuffle_seed=None)
-        evals = evaluate_models(
-            techniques.eval_models(model), val_batches, criterion, amp_dtype, normalize, device
-        )
-        val = evals[""]
-        if rank == 0:  # every worker has consumed its rows (the evaluation all-reduced): skips are recorded
-            check_skip_budget(config.data, ("train", "val"), config.max_skipped_fraction)
-        lr = schedule.lr
-        schedule.step(val.top1_error, train.top1_error)
-        state.epoch = epoch + 1
-        state.best_val_top1_error = min(state.best_val_top1_error, val.top1_error)
-        epoch_seconds = all_reduce_max(train.seconds, device)
-        metrics = {
-            "epoch": state.epoch,
-            "step": state.step,
-            "lr": lr,
-            "train_loss": train.loss,
-            "train_top1_error": train.top1_error,
-            "train_top5_error": train.top5_error,
-            "val_loss": val.loss,
-            "val_top1_error": val.top1_error,
-            "val_top5_error": val.top5_error,
-            "val_images": val.images,
-            "epoch_time_s": epoch_seconds,
-            "images_per_s": train.images / max(epoch_seconds, 1e-9),
-            "images_per_s_per_worker": train.images / max(epoch_seconds, 1e-9) / world,
-            "data_wait_s": all_reduce_max(train.data_wait_s, device),
-            "best_val_top1_error": state.best_val_top1_error,
-        }
-        if config.progressive_min_size is not None:
-            metrics["train_image_size"] = size
-        for prefix, stats in evals.items():
-            if prefix:  # the EMA's validation, beside the raw weights'
-                metrics.update(
-                    {
-                        f"{prefix}val_loss": stats.loss,
-                        f"{prefix}val_top1_error": stats.top1_error,
-                        f"{prefix}val_top5_error": stats.top5_error,
-                    }
-                )
-        state.history.append({k: float(v) for k, v in metrics.items()})
-        if rank == 0:  # a platform line: printed once, also when Ray's INFO lines are not
-            log.info(format_epoch(metrics, config.epochs))
-        save_now = state.epoch % config.checkpoint_every == 0 or state.epoch == config.epochs
-        with tempfile.TemporaryDirectory() as tmp:
-            report_checkpoint = None
-            if save_now and rank == 0:
-                save_checkpoint(
-                    tmp,
-                    model=unwrap(model),
-                    optimizer=optimizer,
-                    schedule=schedule,
-                    scaler=scaler,
-                    state=state,
-                    config=config.to_dict(),
-                    model_config=model_config_of(config),
-                    extra=techniques.state_dict(),
-                )
-                report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(
-                metrics,
-                checkpoint=report_checkpoint,
-                checkpoint_dir_name=f"checkpoint_epoch_{state.epoch:04d}" if save_now else None,
-                checkpoint_upload_fn=persist_with_retries,
+    def save_and_report(metrics: dict, name: str | None, position: EpochPosition | None = None) -> dict:
+        """Rank 0 writes the checkpoint (``name`` given) to a local folder; every rank reports."""
+        directory = None
+        save_s = wait_s = 0.0
+        if name is not None and rank == 0:
+            t0 = time.perf_counter()
+            uploader.wait()  # one upload in flight at most; the checkpoint then holds its timings
+            wait_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            directory = tempfile.mkdtemp(prefix="resnet-ckpt-")
+            save_checkpoint(
+                directory,
+                model=unwrap(model),
+                optimizer=optimizer,
+                schedule=schedule,
+                scaler=scaler,
+                state=state,
+                config=config.to_dict(),
+                model_config=model_config_of(config),
+                position=position.to_dict() if position is not None else None,
+                extra=techniques.state_dict(),
             )
-        # Only now, with the epoch's checkpoint in storage, tell MLflow (which may be down).
-        if ctx.logger is not None:
-            ctx.logger.log_epoch(state.epoch, metrics, step=state.step)
+            save_s = time.perf_counter() - t0
+        report_s = wait_s + uploader.report(metrics, directory, name)
+        return {"report_s": report_s, "checkpoint_save_s": save_s}
+
+    def at_boundary(step_in_epoch: int, position_fn) -> None:
+        if (step_in_epoch + 1) % config.log_every_steps == 0:
+            uploader.poll()  # an epoch whose checkpoint is now stored goes to MLflow
+        if not watch.due(step_in_epoch):
+            return
+        info = watch.check(state.epoch, step_in_epoch)
+        if info is None:
+            return
+        from .preemption import describe
+
+        here = position_fn()  # all-reduced: every rank is at this step
+        name = preempt_checkpoint_name(state.epoch, state.step)
+        if rank == 0:
+            log.warning(
+                "preemption pending on %s: checkpoint %s (epoch %d, %d steps, %d images into it)",
+                describe(info),
+                name,
+                state.epoch + 1,
+                here.steps,
+                here.images,
+            )
+        # Ranked worst by val error (inf), so Ray's keep-best never prefers it; kept while it is the latest.
+        metrics = {"epoch": state.epoch, "step": state.step, "val_top1_error": float("inf")}
+        metrics[config.score_metric] = float("inf")  # the EMA's error with --register-ema
+        metrics["preemption_checkpoint"] = 1.0
+        save_and_report(metrics, name, here)
+        uploader.wait()  # stored before the node goes: the restart resumes from here
+        watch.after_checkpoint()
+
+    try:
+        for epoch in range(state.epoch, config.epochs):
+            epoch_started_at = time.time()
+            shuffle_seed = None if config.seed is None else config.seed * 1000 + epoch
+            carried = position if position is not None and position.epoch == epoch else None
+            plan = resume_plan(carried, config, world)
+            position = None
+            size = techniques.train_size(epoch)
+            batches = epoch_batches(
+                train_shard, config, device, train=True, shuffle_seed=shuffle_seed, image_size=size
+            )
+            train = train_one_epoch(
+                forward_model,
+                batches,
+                criterion,
+                optimizer,
+                scaler,
+                amp_dtype,
+                normalize,
+                device,
+                config,
+                ctx,
+                plan=plan,
+                carried=carried,
+                at_boundary=at_boundary,
+                techniques=techniques,
+                image_size=size,
+            )
+            val_batches = epoch_batches(val_shard, config, device, train=False, shuffle_seed=None)
+            evals = evaluate_models(
+                techniques.eval_models(model), val_batches, criterion, amp_dtype, normalize, device
+            )
+            val = evals[""]
+            if (
+                rank == 0
+            ):  # every worker has consumed its rows (the evaluation all-reduced): skips are recorded
+                check_skip_budget(config.data, ("train", "val"), config.max_skipped_fraction)
+            lr = schedule.lr
+            schedule.step(val.top1_error, train.top1_error)
+            state.epoch = epoch + 1
+            state.best_val_top1_error = min(state.best_val_top1_error, val.top1_error)
+            epoch_seconds = all_reduce_max(train.seconds, device)
+            metrics = {
+                "epoch": state.epoch,
+                "step": state.step,
+                "lr": lr,
+                "train_loss": train.loss,
+                "train_top1_error": train.top1_error,
+                "train_top5_error": train.top5_error,
+                "train_images": train.images,
+                "val_loss": val.loss,
+                "val_top1_error": val.top1_error,
+                "val_top5_error": val.top5_error,
+                "val_images": val.images,
+                "epoch_time_s": epoch_seconds,
+                "epoch_started_at": epoch_started_at,
+                "images_per_s": train.images / max(epoch_seconds, 1e-9),
+                "images_per_s_per_worker": train.images / max(epoch_seconds, 1e-9) / world,
+                "data_wait_s": all_reduce_max(train.data_wait_s, device),
+                "best_val_top1_error": state.best_val_top1_error,
+                "workers": world,
+            }
+            if config.progressive_min_size is not None:
+                metrics["train_image_size"] = size
+            for prefix, stats in evals.items():
+                if prefix:  # the EMA's validation, beside the raw weights'
+                    metrics.update(
+                        {
+                            f"{prefix}val_loss": stats.loss,
+                            f"{prefix}val_top1_error": stats.top1_error,
+                            f"{prefix}val_top5_error": stats.top5_error,
+                        }
+                    )
+            state.history.append({k: float(v) for k, v in metrics.items()})
+            if rank == 0:  # a platform line: printed once, also when Ray's INFO lines are not
+                log.info(format_epoch(metrics, config.epochs))
+            save_now = state.epoch % config.checkpoint_every == 0 or state.epoch == config.epochs
+            timing = save_and_report(metrics, f"checkpoint_epoch_{state.epoch:04d}" if save_now else None)
+            row = state.history[-1]
+            row.update(timing)  # reaches the checkpoints from the next one on, and MLflow below
+
+            def log_epoch(upload, row=row, step=state.step, epoch_done=state.epoch) -> None:
+                # Only once the epoch's checkpoint is in storage, tell MLflow (which may be down).
+                if upload is not None:
+                    row.update(upload.stats())
+                if ctx.logger is not None:  # durations only: the wall-clock stamps stay in the history
+                    ctx.logger.log_epoch(
+                        epoch_done, {k: v for k, v in row.items() if not k.endswith("_at")}, step=step
+                    )
+
+            uploader.after_upload(log_epoch)
+    except BaseException:
+        # A failure in this process (not its death): the checkpoint already handed to the upload
+        # thread still reaches storage and is registered before the group restarts.
+        uploader.finish_quietly()
+        raise
+    uploader.wait()  # the last checkpoint stored (and its epoch logged) before the worker returns
     if ctx.logger is not None:
         ctx.logger.close()

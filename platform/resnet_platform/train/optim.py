@@ -53,14 +53,16 @@ class EpochSchedule:
     (the paper's own wording).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, lr_scale: float = 1.0) -> None:
+        """``lr_scale``: factor on every rate (an elastic group below its full size, ``train/elastic.py``)."""
         self.config = config
         self.optimizer = optimizer
+        self.lr_scale = lr_scale
         self.epochs_done = 0
         # ResNet-110's rule: a low rate until the training error falls below a threshold.
         self.error_warmup = config.error_warmup_lr is not None
         self.lambda_lr = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda e: lr_factor(e, config) * self._error_warmup_factor()
+            optimizer, lambda e: lr_factor(e, config) * self._error_warmup_factor() * self.lr_scale
         )
         self.plateau = (
             torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -93,6 +95,7 @@ class EpochSchedule:
             "error_warmup": self.error_warmup,
             "lambda_lr": self.lambda_lr.state_dict(),
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+            "lr_scale": self.lr_scale,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -101,3 +104,9 @@ class EpochSchedule:
         self.lambda_lr.load_state_dict(state["lambda_lr"])
         if self.plateau is not None and state["plateau"] is not None:
             self.plateau.load_state_dict(state["plateau"])
+        # The optimizer's rates were saved at the old group size's scale: move them to this one's
+        # (the lambda schedule recomputes from the base rate at its next step; plateau multiplies on).
+        ratio = self.lr_scale / float(state.get("lr_scale", 1.0))
+        if ratio != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= ratio

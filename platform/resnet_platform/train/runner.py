@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import ray
 import ray.train
 from ray.data import ExecutionOptions
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, LoggingConfig, RunConfig
 from ray.train.torch import TorchTrainer
 
 from resnet_platform import storage
@@ -28,7 +28,9 @@ from resnet_platform.data.manifest import Manifest, read_manifest
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data_config import ExactValidationDataConfig
+from .elastic import scaling_config
 from .loop import train_loop_per_worker, transform_config_of
+from .preemption import failure_config
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +98,16 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),
-        scaling_config=ScalingConfig(
-            num_workers=config.num_workers,
-            use_gpu=config.use_gpu,
-            resources_per_worker=resources,
-            label_selector=placement.worker_selector,  # never on a data node
+        # N fixed, or MIN-MAX elastic (train/elastic.py); never on a data node.
+        scaling_config=scaling_config(
+            config, resources_per_worker=resources, label_selector=placement.worker_selector
         ),
         run_config=RunConfig(
             name=config.name,
             storage_path=path,
             storage_filesystem=fs,
             callbacks=list(callbacks or []),
-            failure_config=FailureConfig(max_failures=config.max_failures),
+            failure_config=failure_config(config),  # preemptions have their own budget
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.keep_checkpoints,
                 checkpoint_score_attribute=config.score_metric,  # the EMA's with --register-ema
@@ -127,7 +127,14 @@ def build_trainer(
 def prepare_config(config: TrainConfig, manifest: Manifest) -> TrainConfig:
     """Fill in what the driver knows: class count, a run name, absolute storage."""
     name = config.name or f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return replace(config, num_classes=len(manifest.classes), name=name, storage=config.storage_uri())
+    train = manifest.splits.get("train")
+    return replace(
+        config,
+        num_classes=len(manifest.classes),
+        train_images=train.num_rows if train is not None else None,
+        name=name,
+        storage=config.storage_uri(),
+    )
 
 
 def check_run_name(config: TrainConfig) -> None:

@@ -44,10 +44,10 @@ def check(config) -> None:
         raise ValueError("ema decay must be in (0, 1) and ema steps at least 1")
     if config.grad_accum_steps < 1:
         raise ValueError(f"grad accumulation steps must be at least 1, got {config.grad_accum_steps}")
-    per_step = config.num_workers * config.grad_accum_steps
+    per_step = config.max_workers * config.grad_accum_steps  # the full size of an elastic group
     if config.batch_size % per_step:
         raise ValueError(
-            f"global batch {config.batch_size} does not divide into {config.num_workers} workers x "
+            f"global batch {config.batch_size} does not divide into {config.max_workers} workers x "
             f"{config.grad_accum_steps} micro-batches"
         )
     if config.warmup_start_factor is not None and not 0 < config.warmup_start_factor <= 1:
