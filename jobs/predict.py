@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
+
 from resnet_platform.tracking import load_model, resolve_tracking_uri
 
 

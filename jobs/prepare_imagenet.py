@@ -11,6 +11,8 @@ import argparse
 import logging
 import sys
 
+import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
+
 from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
 

@@ -1,6 +1,14 @@
-"""MLflow tracking for resnet-platform: runs (driver), rank-0 logging, curves, model logging, registry.
+"""MLflow tracking for resnet-platform: every run lifecycle (a training run, a sweep's parent and
+children, the paper grid's summary), rank-0 logging, curves, model logging, registry.
 
-Driver::
+Lifecycles, on the driver, in plain values (``train/``, ``tune/`` and ``paper/`` call these and
+never MLflow itself)::
+
+    run = TrainingRun(uri); run.open(RunDescription(...)); ...; run.record(TrainingRecord(...))
+    sweep = SweepRun(uri); sweep.open(...); TrialRun(uri, sweep.run_id, name, trial_id) per trial
+    record_summary_run(uri, experiment, name, params=..., tags=..., files=..., metrics=...)
+
+The building blocks underneath::
 
     uri = resolve_tracking_uri(args.tracking_uri)          # pass this exact string to the workers
     run_id = find_run(uri, exp, name) if resume else None
@@ -51,9 +59,20 @@ from .runs import (
     resolve_tracking_uri,
     start_run,
 )
+from .summary_run import record_summary_run
+from .sweep_runs import SweepRun, TrialEnd, TrialRun
+from .training_run import (
+    BestModel,
+    Recorded,
+    RunDescription,
+    TrackingUnavailableError,
+    TrainingRecord,
+    TrainingRun,
+)
 from .worker_logger import RunLogger
 
 __all__ = [
+    "BestModel",
     "DEFAULT_EXPERIMENT",
     "DEFAULT_TRACKING_URI",
     "InputLimits",
@@ -63,8 +82,16 @@ __all__ = [
     "ModelSpec",
     "Prediction",
     "Preprocess",
+    "Recorded",
+    "RunDescription",
     "RunLogger",
+    "SweepRun",
     "TrackingLimits",
+    "TrackingUnavailableError",
+    "TrainingRecord",
+    "TrainingRun",
+    "TrialEnd",
+    "TrialRun",
     "alias_version",
     "bounded_mlflow_http",
     "check_rows",
@@ -82,6 +109,7 @@ __all__ = [
     "log_resnet_model",
     "plot_error_curves",
     "promote",
+    "record_summary_run",
     "redact",
     "redact_text",
     "resolve_model_artifact_uri",
