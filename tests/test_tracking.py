@@ -605,3 +605,68 @@ def test_sqlite_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch)
     experiment = client.get_experiment(get_or_create_experiment(client, "beside"))
     assert experiment.artifact_location == (store.parent / "mlartifacts").as_uri()
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_training_and_sweep_run_lifecycles(tmp_path):
+    """tracking/'s typed interface on a SQLite store: a training run recorded from plain values,
+    a sweep's parent, a trial's child reopened by trial id, trials closed as they ended."""
+    from resnet_platform.tracking import (
+        RunDescription,
+        SweepRun,
+        TrainingRecord,
+        TrainingRun,
+        TrialEnd,
+        TrialRun,
+        client_for,
+    )
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = client_for(uri)
+    history = [
+        {"epoch": e, "step": 10 * e, "train_top1_error": 0.5 / e, "val_top1_error": 0.6 / e} for e in (1, 2)
+    ]
+
+    def describe(**kw):
+        values = dict(experiment="lifecycle", name="r", arch="cifar_resnet20", lr=0.1, data="/d",
+                      num_workers=1, use_gpu=False, params={"lr": 0.1, "arch": "cifar_resnet20"})  # fmt: skip
+        return RunDescription(**{**values, **kw})
+
+    run = TrainingRun(uri)
+    run_id = run.open(describe())
+    assert run.open(describe(resume=True)) == run_id  # resume reopens the run of that name
+    recorded = run.record(TrainingRecord(config={"lr": 0.1}, arch="cifar_resnet20", history=history,
+                                         best_metrics={"val_top1_error": 0.3}))  # fmt: skip
+    assert recorded.closed and recorded.model_uri is None and recorded.model_version is None
+    stored = client.get_run(run_id)
+    assert stored.info.status == "FINISHED" and stored.data.tags["worker_kind"] == "cpu"
+    assert [m.value for m in client.get_metric_history(run_id, "epoch")] == [1.0, 2.0]
+    assert {"config.json", "final_metrics.json", "model_summary.md", "error_curves.png"} <= {
+        a.path for a in client.list_artifacts(run_id)
+    }
+
+    sweep = SweepRun(uri)
+    parent = sweep.open("lifecycle", "s", "/sweeps/s", {"space": {"archs": "a"}})
+    assert SweepRun(uri).open("lifecycle", "s", "/sweeps/s", {}, resume=True) == parent
+    trial = TrialRun(uri, parent, "s", "t1")
+    child = trial.open(describe(name="t1"))
+    assert TrialRun(uri, parent, "s", "t1").open(describe(name="t1")) == child  # a restarted trial
+    done = TrialRun(uri, parent, "s", "t2").open(describe(name="t2", lr=5.0))
+    assert sweep.children() == {"t1": child, "t2": done}
+    tags = client.get_run(child).data.tags
+    assert tags["mlflow.parentRunId"] == parent and tags["sweep.trial_id"] == "t1"
+    assert client.get_run(child).info.run_name == "cifar_resnet20-lr0.1-t1"
+    trial.close(failed=True)  # ASHA's stop reaches a trial as an error inside fit()
+    sweep.close_trials(
+        [TrialEnd(child, 1, stopped_early=True, failed=False), TrialEnd(done, 2, False, False)]
+    )
+    for rid, early in ((child, "true"), (done, "false")):
+        assert client.get_run(rid).info.status == "FINISHED"
+        assert client.get_run(rid).data.tags["sweep.stopped_early"] == early
+    sweep.tag_best("t2", done, "cifar_resnet20", 5.0)
+    sweep.log_results(texts={"table.md": "| a |\n"}, figures={}, metrics={"trials": 2, "nan": float("nan")})
+    sweep.close()
+    stored = client.get_run(parent)
+    assert stored.info.status == "FINISHED" and stored.data.tags["sweep.best_trial"] == "t2"
+    assert stored.data.metrics == {"trials": 2.0}
+    assert client.get_run(done).data.tags["sweep.best"] == "true"
+    assert [a.path for a in client.list_artifacts(parent)] == ["table.md"]

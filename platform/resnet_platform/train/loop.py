@@ -303,7 +303,6 @@ def epoch_batches(
 @dataclass
 class WorkerContext:
     rank: int
-    world: int
     state: TrainingState
     logger: object | None
 
@@ -365,7 +364,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             seed_everything(config.seed + rank + 1000 * state.epoch)
         log.info("rank %d resumed after epoch %d (step %d)", rank, state.epoch, state.step)
 
-    ctx = WorkerContext(rank, world, state, _open_logger(config, rank))
+    ctx = WorkerContext(rank, state, _open_logger(config, rank))
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 

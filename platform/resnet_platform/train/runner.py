@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -24,11 +24,13 @@ from resnet_platform import storage
 from resnet_platform.console import ensure_ray, is_verbose
 from resnet_platform.data.checks import check_prepared_data, check_splits, find_data_error
 from resnet_platform.data.manifest import Manifest, read_manifest
+from resnet_platform.tracking.training_run import TrainingRun
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data_config import ExactValidationDataConfig
 from .loop import train_loop_per_worker, transform_config_of
+from .run_record import describe_run, training_record
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,9 @@ class TrainingOutcome:
     best_checkpoint: ray.train.Checkpoint | None
     best_metrics: dict[str, Any]
     mlflow_run_id: str | None = None
-    model_version: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    model_uri: str | None = None  # the best model, when logged
+    model_version: str | None = None  # its registered version, when registered
+    mlflow_closed: bool | None = None  # whether the MLflow run was marked FINISHED (None: not tracked)
 
     @property
     def final(self) -> dict[str, float]:
@@ -143,13 +146,13 @@ def check_run_name(config: TrainConfig) -> None:
 def run_training(
     config: TrainConfig,
     *,
-    tracker=None,
+    tracker: TrainingRun | None = None,
     datasets: dict[str, ray.data.Dataset] | None = None,
     manifest: Manifest | None = None,
     callbacks: list | None = None,
 ) -> TrainingOutcome:
-    """Fit ``config``; ``tracker`` (see ``resnet_platform.tracking.training``) opens and closes the
-    MLflow run around the fit and logs the best model.
+    """Fit ``config``; ``tracker`` (a :class:`~resnet_platform.tracking.training_run.TrainingRun`)
+    opens and closes the MLflow run around the fit and logs the best model.
 
     ``datasets`` (``{"train", "val"}`` of uint8 HWC rows) with their ``manifest`` (classes) replace
     the prepared Parquet data at ``config.data``: how CIFAR-10 archives are trained.
@@ -170,7 +173,7 @@ def run_training(
     ensure_ray()
     try:
         if tracker is not None:
-            config = replace(config, mlflow_run_id=tracker.open(config, manifest))
+            config = replace(config, mlflow_run_id=tracker.open(describe_run(config)))
         trainer = build_trainer(
             config, datasets if datasets is not None else build_datasets(config), callbacks=callbacks
         )
@@ -184,11 +187,17 @@ def run_training(
         raise
     outcome = summarize(config, result)
     if tracker is not None:
+        record = training_record(
+            config, manifest, outcome.history, outcome.best_metrics, outcome.best_checkpoint
+        )
         try:
-            tracker.finish(config, manifest, outcome)
+            recorded = tracker.record(record)
         except BaseException:
             tracker.close(failed=True)
             raise
+        outcome.model_uri = recorded.model_uri
+        outcome.model_version = recorded.model_version
+        outcome.mlflow_closed = recorded.closed
     return outcome
 
 
