@@ -670,3 +670,65 @@ def test_training_and_sweep_run_lifecycles(tmp_path):
     assert stored.data.metrics == {"trials": 2.0}
     assert client.get_run(done).data.tags["sweep.best"] == "true"
     assert [a.path for a in client.list_artifacts(parent)] == ["table.md"]
+
+
+@pytest.mark.slow  # logs, registers and loads back a model: ~40 s on 2 busy cores
+def test_register_ema_logs_the_ema_weights_with_their_errors_and_the_validation_preprocessing(tmp_path):
+    """train/run_record.py over tracking's TrainingRun on a SQLite store: with ``--ema
+    --register-ema`` the registered version holds the EMA's weights, is tagged with the EMA's
+    validation errors, and preprocesses as validation did (``--val-image-size`` 40: resize 46, crop 40)."""
+    from ray.train import Checkpoint
+
+    from resnet_platform.data.manifest import Manifest, SplitManifest
+    from resnet_platform.tracking import TrainingRun, load_model, version_metric
+    from resnet_platform.train.checkpoint import TrainingState, save_checkpoint
+    from resnet_platform.train.config import TrainConfig
+    from resnet_platform.train.ema import ModelEma
+    from resnet_platform.train.loop import model_config_of
+    from resnet_platform.train.optim import EpochSchedule, build_optimizer
+    from resnet_platform.train.run_record import describe_run, training_record
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = TrainConfig(
+        data="/d", arch="cifar_resnet20", num_classes=3, image_size=32, val_image_size=40, ema=True,
+        register_ema=True, register_as="ema-model", experiment="ema", name="r", tracking_uri=uri,
+    )  # fmt: skip
+    model = build_model(config.arch, 3)
+    ema = ModelEma(model, decay=0.5)
+    with torch.no_grad():
+        for p in ema.module.parameters():
+            p.add_(1.0)  # the EMA's weights differ from the raw ones
+    optimizer = build_optimizer(model, config)
+    schedule = EpochSchedule(optimizer, config)
+    save_checkpoint(
+        tmp_path / "ckpt", model=model, optimizer=optimizer, schedule=schedule, scaler=None,
+        state=TrainingState(epoch=1, step=7), config=config.to_dict(), model_config=model_config_of(config),
+        extra={"model_ema": ema.state_dict()},
+    )  # fmt: skip
+    manifest = Manifest(
+        classes=["a", "b", "c"],
+        class_names=["A", "B", "C"],
+        splits={"train": SplitManifest(6), "val": SplitManifest(3)},
+    )
+    best = {
+        "val_top1_error": 0.5,
+        "val_top5_error": 0.1,
+        "ema_val_top1_error": 0.2,
+        "ema_val_top5_error": 0.0,
+    }
+    history = [{"epoch": 1, "step": 7, **best}]
+
+    run = TrainingRun(uri)
+    run.open(describe_run(config))
+    record = training_record(config, manifest, history, best, Checkpoint.from_directory(tmp_path / "ckpt"))
+    recorded = run.record(record)
+    assert recorded.closed and recorded.model_version == "1"
+
+    assert version_metric("ema-model", 1, "val_top1_error", tracking_uri=uri) == pytest.approx(0.2)
+    assert version_metric("ema-model", 1, "val_top5_error", tracking_uri=uri) == pytest.approx(0.0)
+    served = load_model("models:/ema-model/1", tracking_uri=uri)
+    for key, value in ema.module.state_dict().items():
+        assert torch.equal(served.model.state_dict()[key], value), key
+    spec = served.spec
+    assert (spec.image_size, spec.resize_size, spec.eval_crop) == (40, 46, "center")
+    assert spec.class_names == ["A", "B", "C"]
