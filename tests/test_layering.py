@@ -5,6 +5,7 @@ bare checkout through ``jobs/_bootstrap.py``."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,34 @@ def test_bootstrap_makes_the_checkout_importable_without_an_install():
     )
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).resolve() == (PACKAGE / "__init__.py").resolve()
+
+
+# What a Ray Train worker, a Ray Data task and a Tune trial's trainer import before tracking is asked for.
+WORKER_MODULES = (
+    "resnet_platform.train.loop",
+    "resnet_platform.train.runner",
+    "resnet_platform.train.main",
+    "resnet_platform.data.pipeline",
+    "resnet_platform.tune.trials",
+)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and Ray: ~10 s on 2 busy cores
+def test_workers_do_not_import_mlflow_or_matplotlib():
+    """The namespaces are lazy (``_lazy.py``) and the lifecycles are imported by tracked runs only: a
+    worker that does not log pays for neither MLflow nor matplotlib. In a fresh interpreter."""
+    code = (
+        "import importlib, sys\n"
+        f"for m in {WORKER_MODULES!r}: importlib.import_module(m)\n"
+        "print(sorted({k.split('.')[0] for k in sys.modules} & {'mlflow', 'matplotlib'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO / "platform")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from resnet_platform.tracking.training_run import TrainingRun
-
 from .config import TrainConfig
 from .runner import TrainingOutcome, run_training
 
 
 def train_and_track(config: TrainConfig, *, track: bool = True) -> TrainingOutcome:
-    tracker = TrainingRun(config.tracking_uri) if track else None
-    if tracker is not None:  # the resolved URI: the workers log to the same store
-        config = replace(config, tracking_uri=tracker.tracking_uri)
+    tracker = None
+    if track:  # MLflow is imported only by a tracked run
+        from resnet_platform.tracking.training_run import TrainingRun
+
+        tracker = TrainingRun(config.tracking_uri)
+        config = replace(config, tracking_uri=tracker.tracking_uri)  # the workers log to the same store
     return run_training(config, tracker=tracker)
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
 import ray
@@ -24,13 +24,14 @@ from resnet_platform import storage
 from resnet_platform.console import ensure_ray, is_verbose
 from resnet_platform.data.checks import check_prepared_data, check_splits, find_data_error
 from resnet_platform.data.manifest import Manifest, read_manifest
-from resnet_platform.tracking.training_run import TrainingRun
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data_config import ExactValidationDataConfig
 from .loop import train_loop_per_worker, transform_config_of
-from .run_record import describe_run, training_record
+
+if TYPE_CHECKING:  # MLflow and matplotlib stay out of processes that only build or run a trainer
+    from resnet_platform.tracking.training_run import TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ def run_training(
     ensure_ray()
     try:
         if tracker is not None:
+            from .run_record import describe_run, training_record  # tracked runs only: imports MLflow
+
             config = replace(config, mlflow_run_id=tracker.open(describe_run(config)))
         trainer = build_trainer(
             config, datasets if datasets is not None else build_datasets(config), callbacks=callbacks
