@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
 from resnet_platform.console import add_verbose_flag, configure_output, ensure_ray
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
+
 from resnet_platform.models import list_archs
 from resnet_platform.models.summary import format_table
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
+
 from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.tracking import load_model, resolve_tracking_uri
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
+
 from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet

@@ -15,8 +15,9 @@ import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.data.checks import DataCheckError
 from resnet_platform.storage import StorageError
+from resnet_platform.tracking.training_run import TrackingUnavailableError
 from resnet_platform.train.cli import build_parser, config_from_args
-from resnet_platform.train.main import TrackingUnavailableError, format_report, train_and_track
+from resnet_platform.train.main import format_report, train_and_track
 from resnet_platform.train.recipes import describe
 
 

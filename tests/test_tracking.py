@@ -605,3 +605,130 @@ def test_sqlite_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch)
     experiment = client.get_experiment(get_or_create_experiment(client, "beside"))
     assert experiment.artifact_location == (store.parent / "mlartifacts").as_uri()
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_training_and_sweep_run_lifecycles(tmp_path):
+    """tracking/'s typed interface on a SQLite store: a training run recorded from plain values,
+    a sweep's parent, a trial's child reopened by trial id, trials closed as they ended."""
+    from resnet_platform.tracking import (
+        RunDescription,
+        SweepRun,
+        TrainingRecord,
+        TrainingRun,
+        TrialEnd,
+        TrialRun,
+        client_for,
+    )
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = client_for(uri)
+    history = [
+        {"epoch": e, "step": 10 * e, "train_top1_error": 0.5 / e, "val_top1_error": 0.6 / e} for e in (1, 2)
+    ]
+
+    def describe(**kw):
+        values = dict(experiment="lifecycle", name="r", arch="cifar_resnet20", lr=0.1, data="/d",
+                      num_workers=1, use_gpu=False, params={"lr": 0.1, "arch": "cifar_resnet20"})  # fmt: skip
+        return RunDescription(**{**values, **kw})
+
+    run = TrainingRun(uri)
+    run_id = run.open(describe())
+    assert run.open(describe(resume=True)) == run_id  # resume reopens the run of that name
+    recorded = run.record(TrainingRecord(config={"lr": 0.1}, arch="cifar_resnet20", history=history,
+                                         best_metrics={"val_top1_error": 0.3}))  # fmt: skip
+    assert recorded.closed and recorded.model_uri is None and recorded.model_version is None
+    stored = client.get_run(run_id)
+    assert stored.info.status == "FINISHED" and stored.data.tags["worker_kind"] == "cpu"
+    assert [m.value for m in client.get_metric_history(run_id, "epoch")] == [1.0, 2.0]
+    assert {"config.json", "final_metrics.json", "model_summary.md", "error_curves.png"} <= {
+        a.path for a in client.list_artifacts(run_id)
+    }
+
+    sweep = SweepRun(uri)
+    parent = sweep.open("lifecycle", "s", "/sweeps/s", {"space": {"archs": "a"}})
+    assert SweepRun(uri).open("lifecycle", "s", "/sweeps/s", {}, resume=True) == parent
+    trial = TrialRun(uri, parent, "s", "t1")
+    child = trial.open(describe(name="t1"))
+    assert TrialRun(uri, parent, "s", "t1").open(describe(name="t1")) == child  # a restarted trial
+    done = TrialRun(uri, parent, "s", "t2").open(describe(name="t2", lr=5.0))
+    assert sweep.children() == {"t1": child, "t2": done}
+    tags = client.get_run(child).data.tags
+    assert tags["mlflow.parentRunId"] == parent and tags["sweep.trial_id"] == "t1"
+    assert client.get_run(child).info.run_name == "cifar_resnet20-lr0.1-t1"
+    trial.close(failed=True)  # ASHA's stop reaches a trial as an error inside fit()
+    sweep.close_trials(
+        [TrialEnd(child, 1, stopped_early=True, failed=False), TrialEnd(done, 2, False, False)]
+    )
+    for rid, early in ((child, "true"), (done, "false")):
+        assert client.get_run(rid).info.status == "FINISHED"
+        assert client.get_run(rid).data.tags["sweep.stopped_early"] == early
+    sweep.tag_best("t2", done, "cifar_resnet20", 5.0)
+    sweep.log_results(texts={"table.md": "| a |\n"}, figures={}, metrics={"trials": 2, "nan": float("nan")})
+    sweep.close()
+    stored = client.get_run(parent)
+    assert stored.info.status == "FINISHED" and stored.data.tags["sweep.best_trial"] == "t2"
+    assert stored.data.metrics == {"trials": 2.0}
+    assert client.get_run(done).data.tags["sweep.best"] == "true"
+    assert [a.path for a in client.list_artifacts(parent)] == ["table.md"]
+
+
+@pytest.mark.slow  # logs, registers and loads back a model: ~40 s on 2 busy cores
+def test_register_ema_logs_the_ema_weights_with_their_errors_and_the_validation_preprocessing(tmp_path):
+    """train/run_record.py over tracking's TrainingRun on a SQLite store: with ``--ema
+    --register-ema`` the registered version holds the EMA's weights, is tagged with the EMA's
+    validation errors, and preprocesses as validation did (``--val-image-size`` 40: resize 46, crop 40)."""
+    from ray.train import Checkpoint
+
+    from resnet_platform.data.manifest import Manifest, SplitManifest
+    from resnet_platform.tracking import TrainingRun, load_model, version_metric
+    from resnet_platform.train.checkpoint import TrainingState, save_checkpoint
+    from resnet_platform.train.config import TrainConfig
+    from resnet_platform.train.ema import ModelEma
+    from resnet_platform.train.loop import model_config_of
+    from resnet_platform.train.optim import EpochSchedule, build_optimizer
+    from resnet_platform.train.run_record import describe_run, training_record
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = TrainConfig(
+        data="/d", arch="cifar_resnet20", num_classes=3, image_size=32, val_image_size=40, ema=True,
+        register_ema=True, register_as="ema-model", experiment="ema", name="r", tracking_uri=uri,
+    )  # fmt: skip
+    model = build_model(config.arch, 3)
+    ema = ModelEma(model, decay=0.5)
+    with torch.no_grad():
+        for p in ema.module.parameters():
+            p.add_(1.0)  # the EMA's weights differ from the raw ones
+    optimizer = build_optimizer(model, config)
+    schedule = EpochSchedule(optimizer, config)
+    save_checkpoint(
+        tmp_path / "ckpt", model=model, optimizer=optimizer, schedule=schedule, scaler=None,
+        state=TrainingState(epoch=1, step=7), config=config.to_dict(), model_config=model_config_of(config),
+        extra={"model_ema": ema.state_dict()},
+    )  # fmt: skip
+    manifest = Manifest(
+        classes=["a", "b", "c"],
+        class_names=["A", "B", "C"],
+        splits={"train": SplitManifest(6), "val": SplitManifest(3)},
+    )
+    best = {
+        "val_top1_error": 0.5,
+        "val_top5_error": 0.1,
+        "ema_val_top1_error": 0.2,
+        "ema_val_top5_error": 0.0,
+    }
+    history = [{"epoch": 1, "step": 7, **best}]
+
+    run = TrainingRun(uri)
+    run.open(describe_run(config))
+    record = training_record(config, manifest, history, best, Checkpoint.from_directory(tmp_path / "ckpt"))
+    recorded = run.record(record)
+    assert recorded.closed and recorded.model_version == "1"
+
+    assert version_metric("ema-model", 1, "val_top1_error", tracking_uri=uri) == pytest.approx(0.2)
+    assert version_metric("ema-model", 1, "val_top5_error", tracking_uri=uri) == pytest.approx(0.0)
+    served = load_model("models:/ema-model/1", tracking_uri=uri)
+    for key, value in ema.module.state_dict().items():
+        assert torch.equal(served.model.state_dict()[key], value), key
+    spec = served.spec
+    assert (spec.image_size, spec.resize_size, spec.eval_crop) == (40, 46, "center")
+    assert spec.class_names == ["A", "B", "C"]

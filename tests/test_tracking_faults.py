@@ -131,8 +131,8 @@ def test_mlflow_killed_after_epoch_1_run_finishes_with_every_checkpoint_and_epoc
         assert sorted(m.step for m in history) == sorted(int(h["step"]) for h in outcome.history), name
     epoch2 = [m for m in client.get_metric_history(rid, "epoch") if m.value == 2]
     assert epoch2[0].timestamp > killed  # measured during the outage, delivered after it
-    assert outcome.model_version is None and outcome.extra.get("model_uri"), "best model logged"
-    assert outcome.extra.get("mlflow_closed") is True
+    assert outcome.model_version is None and outcome.model_uri, "best model logged"
+    assert outcome.mlflow_closed is True
 
 
 def test_mlflow_down_at_start_is_refused_in_one_line(digits_shards, ray_local, tmp_path):
@@ -140,7 +140,7 @@ def test_mlflow_down_at_start_is_refused_in_one_line(digits_shards, ray_local, t
     from fixtures.ports import free_port
     from test_train import small_config
 
-    from resnet_platform.train.main import TrackingUnavailableError
+    from resnet_platform.tracking.training_run import TrackingUnavailableError
 
     uri = f"http://127.0.0.1:{free_port()}"
     config = small_config(digits_shards, tmp_path, name="no-server", tracking_uri=uri, mlflow_timeout_s=2)
@@ -175,7 +175,7 @@ def test_failed_fit_with_mlflow_down_raises_the_real_error(
         mlflow_retry_interval_s=2.0,
         fault=FaultInjection(epoch=1, step=0, kind="raise"),
     )
-    caplog.set_level(logging.ERROR, logger="resnet_platform.train.main")
+    caplog.set_level(logging.ERROR, logger="resnet_platform.tracking.training_run")
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(train_and_track, config)
         wait_until(

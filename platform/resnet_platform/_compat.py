@@ -13,6 +13,9 @@ call it. Its functions take and return plain values and library objects.
 Gone already: Ray 2.60's Parquet reader V2 was switched off process-wide around ``read_parquet``
 (``DataContext.use_datasource_v2 = False``, one read task per shard); since the shard reader
 (``data/shard_reader.py``) reads and verifies every shard itself, nothing depends on either reader.
+Trial ids and statuses read from the private ``ResultGrid._experiment_analysis.trials``: every Tune
+job reads its ``ResultGrid`` through the public API now (``tune/trials.py``:
+``Result.metrics["trial_id"]``, ``Result.error``, ``ResultGrid.num_terminated``).
 """
 
 from __future__ import annotations
@@ -63,12 +66,6 @@ WORKAROUNDS: dict[str, Workaround] = {
         RAY_CHECKED,
         "ASHA answers STOP at max_t, and Tune then kills the trial's actor before the trial's run can "
         "close its MLflow run and its Train worker group: max_t is one past the last epoch.",
-    ),
-    "tune_trials": Workaround(
-        "ray",
-        RAY_CHECKED,
-        "ResultGrid exposes Results, not Trials: trial ids and statuses are only on the private "
-        "ResultGrid._experiment_analysis.trials.",
     ),
     "sweep_child_run_status": Workaround(
         "ray",
@@ -157,17 +154,11 @@ def asha_max_t(epochs: int) -> int:
     return epochs + 1
 
 
-def tune_trials(result_grid) -> list:
-    """The Tune ``Trial`` objects of a ``ResultGrid`` (``trial_id``, ``status``, ``config``), in the
-    grid's order."""
-    return list(result_grid._experiment_analysis.trials)
-
-
-def sweep_child_run_status(trial_status: str, stopped_early: bool, run_status: str) -> str | None:
+def sweep_child_run_status(trial_failed: bool, stopped_early: bool, run_status: str) -> str | None:
     """The status a sweep's child MLflow run is given once the sweep is over, or None to leave it.
 
-    ``trial_status``: Tune's (TERMINATED, ERROR, ...); ``run_status``: the run's status now."""
-    if trial_status == "ERROR":
+    ``trial_failed``: Tune reported the trial in ERROR; ``run_status``: the run's status now."""
+    if trial_failed:
         return "FAILED"
     if run_status == "RUNNING" or (stopped_early and run_status == "FAILED"):
         return "FINISHED"

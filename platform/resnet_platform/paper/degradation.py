@@ -289,13 +289,19 @@ def train_net(cfg: DegradationConfig, arch: str, seed: int) -> SeedResult:
     return SeedResult(seed, time.monotonic() - started, result)
 
 
-def degradation_trial(params: dict[str, Any]) -> None:
-    """The Tune function trainable: one net at one seed; reports the result as JSON."""
-    from ray import tune
+RESULT_FILE = "result.json"  # a trial's SeedResult, in its Tune checkpoint
 
-    cfg = DegradationConfig(**params["degradation"])
+
+def degradation_trial(params: dict[str, Any], cfg: DegradationConfig) -> None:
+    """The Tune function trainable (:mod:`resnet_platform.tune.trials`): one net at one seed; reports
+    its errors as metrics and its :class:`SeedResult` (with the curves) as a file."""
+    from resnet_platform.tune import trials
+
     result = train_net(cfg, params["arch"], int(params["seed"]))
-    tune.report({"train_error": result.result.train_error, "result_json": json.dumps(result.to_dict())})
+    trials.report(
+        {"train_error": result.result.train_error, "test_error": result.result.test_error},
+        {RESULT_FILE: json.dumps(result.to_dict())},
+    )
 
 
 # ------------------------------------------------------------------------------ summary, verdict
@@ -545,8 +551,8 @@ def run_degradation(cfg: DegradationConfig) -> DegradationOutcome:
     """Train the grid (nets x seeds) with Ray Tune, then write and log the figure and the tables."""
     from ray import tune
 
-    from resnet_platform import storage
     from resnet_platform.train.runner import ensure_ray
+    from resnet_platform.tune import trials
 
     started = time.monotonic()
     name = cfg.name or f"degradation-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -556,14 +562,10 @@ def run_degradation(cfg: DegradationConfig) -> DegradationOutcome:
         data = os.path.abspath(data)
     tracking_uri = None
     if cfg.track:
-        from resnet_platform.tracking.limits import bounded_mlflow_http
-        from resnet_platform.tracking.runs import client_for, get_or_create_experiment, resolve_tracking_uri
+        from resnet_platform.tracking.runs import ensure_experiment
 
-        tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
-        # The store and the experiment exist before the trials start: several trials creating a new
-        # SQLite store at once race on its schema migration ("table ... already exists").
-        with bounded_mlflow_http():
-            get_or_create_experiment(client_for(tracking_uri), cfg.experiment)
+        # The store and the experiment exist before the trials start, which log into them at once.
+        tracking_uri = ensure_experiment(cfg.tracking_uri, cfg.experiment)
     cfg = replace(cfg, name=name, storage=store, data=data, tracking_uri=tracking_uri)
     source = data_source(data)
     if source == "cifar":
@@ -573,30 +575,21 @@ def run_degradation(cfg: DegradationConfig) -> DegradationOutcome:
     elif source == "prepared" and cfg.train_rows is not None:
         raise ValueError("--train-rows applies to the digits and CIFAR archives, not to prepared data sets")
     ensure_ray()
-    fs, root = storage.resolve(store)
     tuner = tune.Tuner(
-        tune.with_resources(degradation_trial, {"CPU": 0.01}),
-        param_space={
-            "arch": tune.grid_search(cfg.archs),
-            "seed": tune.grid_search(list(cfg.seeds)),
-            "degradation": asdict(cfg),
-        },
+        trials.trainable(degradation_trial, cfg=cfg),
+        param_space={"arch": tune.grid_search(cfg.archs), "seed": tune.grid_search(list(cfg.seeds))},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
-        run_config=tune.RunConfig(
-            name=f"{name}-tune",
-            storage_path=root,
-            storage_filesystem=fs,
-            failure_config=tune.FailureConfig(max_failures=cfg.trial_retries),
-            verbose=1,
-        ),
+        run_config=trials.run_config(f"{name}-tune", store, max_failures=cfg.trial_retries),
     )
     grid = tuner.fit()
     results, failed = [], []
     for r in grid:
-        if r.error is not None or "result_json" not in (r.metrics or {}):
-            failed.append(f"{r.config.get('arch')} seed {r.config.get('seed')}: {r.error}")
+        text = trials.read_file(r, RESULT_FILE) if r.error is None else None
+        if text is None:
+            params = r.config or {}
+            failed.append(f"{params.get('arch')} seed {params.get('seed')}: {r.error}")
             continue
-        results.append(SeedResult.from_dict(json.loads(r.metrics["result_json"])))
+        results.append(SeedResult.from_dict(json.loads(text)))
     if failed:
         raise RuntimeError("trials failed: " + "; ".join(failed))
     return write_outputs(cfg, results, wall_s=time.monotonic() - started)
@@ -659,20 +652,18 @@ def write_outputs(cfg: DegradationConfig, results: list[SeedResult], *, wall_s: 
 
 
 def _log_summary(cfg: DegradationConfig, nets: list[NetSummary], v: dict, files: dict, wall_s: float) -> str:
-    from resnet_platform.tracking.runs import end_run, start_run
-    from resnet_platform.tracking.worker_logger import RunLogger
+    from resnet_platform.tracking.summary_run import record_summary_run
 
-    params = {k: val for k, val in asdict(cfg).items() if k not in ("track",)}
-    run_id = start_run(
-        cfg.tracking_uri, cfg.experiment, f"{cfg.name}-summary", params, {"paper.role": "degradation"}
+    metrics = {"ordering_holds": float(v["ordering_holds"]), "wall_time_s": wall_s}
+    for n in nets:
+        metrics[f"train_error_{n.arch}"] = n.train_error
+        metrics[f"test_error_{n.arch}"] = n.test_error
+    return record_summary_run(
+        cfg.tracking_uri,
+        cfg.experiment,
+        f"{cfg.name}-summary",
+        params={k: val for k, val in asdict(cfg).items() if k != "track"},
+        tags={"paper.role": "degradation"},
+        files=list(files.values()),
+        metrics=metrics,
     )
-    with RunLogger(cfg.tracking_uri, run_id) as logger:
-        for path in files.values():
-            logger.log_artifact_file(path)
-        for n in nets:
-            logger.client.log_metric(run_id, f"train_error_{n.arch}", n.train_error)
-            logger.client.log_metric(run_id, f"test_error_{n.arch}", n.test_error)
-        logger.client.log_metric(run_id, "ordering_holds", float(v["ordering_holds"]))
-        logger.client.log_metric(run_id, "wall_time_s", wall_s)
-    end_run(cfg.tracking_uri, run_id)
-    return run_id

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from resnet_platform.data.cifar import VAL_SIZE, Cifar10, cifar_datasets, read_cifar10
 from resnet_platform.data.transforms import NORMALIZATION_STATS
 from resnet_platform.models import build_model, get_spec
+from resnet_platform.tracking.training_run import TrainingRun
 from resnet_platform.train.config import TrainConfig
 from resnet_platform.train.runner import TrainingOutcome, run_training
 
@@ -90,7 +91,6 @@ class CifarRun:
     params: int
     test_error: float  # final epoch's (val = test), or the best-by-validation checkpoint's (45k/5k split)
     responses: LayerResponses | None
-    extra: dict = field(default_factory=dict)
 
     @property
     def history(self) -> list[dict]:
@@ -128,8 +128,6 @@ def train_cifar(
 ) -> CifarRun:
     """Read the archive at ``data``, train with the CIFAR recipe, then measure the best checkpoint
     on the test set (error and Figure 7's layer responses), logged to the run's MLflow run."""
-    from resnet_platform.train.main import MlflowTracker
-
     cifar = cifar if cifar is not None else read_cifar10(data)
     n_val = VAL_SIZE if val_split else 0
     config = cifar_config(
@@ -140,7 +138,7 @@ def train_cifar(
         epochs=epochs,
         **overrides,
     )
-    tracker = MlflowTracker(config.tracking_uri) if track else None
+    tracker = TrainingRun(config.tracking_uri) if track else None
     if tracker is not None:
         config = replace(config, tracking_uri=tracker.tracking_uri)
     datasets = cifar_datasets(
@@ -163,20 +161,24 @@ def train_cifar(
         test_error = float(outcome.final.get("val_top1_error", float("nan")))
     run = CifarRun(outcome, config, params, test_error, responses)
     if tracker is not None and outcome.mlflow_run_id:
-        _log_extras(config.tracking_uri, outcome.mlflow_run_id, run)
+        _log_test_results(tracker, run)
     return run
 
 
-def _log_extras(tracking_uri: str, run_id: str, run: CifarRun) -> None:
-    from resnet_platform.tracking.worker_logger import RunLogger
-
-    with RunLogger(tracking_uri, run_id) as logger, tempfile.TemporaryDirectory() as tmp:
-        step = int(run.outcome.final.get("step", 0))
-        # The run's epochs are logged already (log_epoch would skip): plain metrics at the last step.
-        for key, value in (("test_top1_error", run.test_error), ("params", float(run.params))):
-            if math.isfinite(value):
-                logger.client.log_metric(run_id, key, value, step=step)
+def _log_test_results(tracker: TrainingRun, run: CifarRun) -> None:
+    """The test error, the parameter count and the layer responses, into the run's MLflow run."""
+    # The run's epochs are logged already: plain metrics at the last step.
+    metrics = {"test_top1_error": run.test_error, "params": float(run.params)}
+    with tempfile.TemporaryDirectory() as tmp:
+        dicts, figures = {}, {}
         if run.responses is not None:
-            logger.log_dict(run.responses.to_dict(), "layer_responses.json")
-            png = plot_layer_responses({run.config.arch: run.responses}, Path(tmp) / "layer_responses.png")
-            logger.log_figure(png, "layer_responses.png")
+            dicts["layer_responses.json"] = run.responses.to_dict()
+            figures["layer_responses.png"] = plot_layer_responses(
+                {run.config.arch: run.responses}, Path(tmp) / "layer_responses.png"
+            )
+        tracker.log_results(
+            metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
+            step=int(run.outcome.final.get("step", 0)),
+            dicts=dicts,
+            figures=figures,
+        )

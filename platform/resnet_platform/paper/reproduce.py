@@ -1,9 +1,11 @@
 """Plain against residual CIFAR nets as a Ray Tune grid: Table 6, Figure 6 and Figure 7.
 
-One Tune trial per net (a function trainable that runs :func:`recipe.train_cifar`, which fits its own
-TorchTrainer: ``Tuner(TorchTrainer)`` is refused by Ray 2.60). Each trial is a tracked MLflow run;
-the driver then writes ``table6.md``, ``figure6.png``, ``figure7.png`` and ``results.json`` to the
-output folder and logs them to one summary MLflow run.
+One Tune trial per net, run as every Tune job of the platform is (:mod:`resnet_platform.tune.trials`):
+a function trainable (:func:`reproduce_trial`, which runs :func:`recipe.train_cifar`) over a param
+space of architectures, reporting its errors as metrics and its :class:`TrialResult` (curves, layer
+responses) as a file in its checkpoint. Each trial is a tracked MLflow run; the driver then writes
+``table6.md``, ``figure6.png``, ``figure7.png`` and ``results.json`` to the output folder and logs
+them to one summary MLflow run.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +71,18 @@ class ReproduceOutcome:
     results: list[TrialResult]
     files: dict[str, str]
     summary_run_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def reproduce_trial(params: dict[str, Any]) -> None:
-    """The Tune function trainable: train one net and report what the tables need (as JSON)."""
-    from ray import tune
+RESULT_FILE = "result.json"  # a trial's TrialResult, in its Tune checkpoint
+
+
+def reproduce_trial(params: dict[str, Any], cfg: ReproduceConfig) -> None:
+    """The Tune function trainable: train the net ``params["arch"]`` and report what the tables need
+    (its errors as metrics, its :class:`TrialResult` as a file)."""
+    from resnet_platform.tune import trials
 
     from .recipe import train_cifar
 
-    cfg = ReproduceConfig(**params["reproduce"])
     arch = params["arch"]
     run = train_cifar(
         cfg.data,
@@ -109,7 +113,10 @@ def reproduce_trial(params: dict[str, Any]) -> None:
         responses=run.responses.to_dict() if run.responses is not None else None,
         mlflow_run_id=run.outcome.mlflow_run_id,
     )
-    tune.report({"test_error": run.test_error, "result_json": json.dumps(asdict(result))})
+    trials.report(
+        {"test_error": run.test_error, "train_error": run.train_error},
+        {RESULT_FILE: json.dumps(asdict(result))},
+    )
 
 
 def reproduce(cfg: ReproduceConfig) -> ReproduceOutcome:
@@ -117,8 +124,8 @@ def reproduce(cfg: ReproduceConfig) -> ReproduceOutcome:
 
     from ray import tune
 
-    from resnet_platform import storage
     from resnet_platform.train.runner import ensure_ray
+    from resnet_platform.tune import trials
 
     name = cfg.name or f"paper-{time.strftime('%Y%m%d-%H%M%S')}"
     store = cfg.storage if "://" in cfg.storage else os.path.abspath(cfg.storage)
@@ -133,20 +140,20 @@ def reproduce(cfg: ReproduceConfig) -> ReproduceOutcome:
 
     check_cifar_source(data)  # a bad archive fails here, naming it, not once in every trial
     ensure_ray()
-    fs, root = storage.resolve(store)
     tuner = tune.Tuner(
-        tune.with_resources(reproduce_trial, {"CPU": 0.01}),
-        param_space={"arch": tune.grid_search(cfg.archs), "reproduce": asdict(cfg)},
+        trials.trainable(reproduce_trial, cfg=cfg),
+        param_space={"arch": tune.grid_search(cfg.archs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
-        run_config=tune.RunConfig(name=f"{name}-tune", storage_path=root, storage_filesystem=fs, verbose=1),
+        run_config=trials.run_config(f"{name}-tune", store),
     )
     grid = tuner.fit()
     results, failed = [], []
     for r in grid:
-        if r.error is not None or "result_json" not in (r.metrics or {}):
-            failed.append(f"{r.config.get('arch')}: {r.error}")
+        text = trials.read_file(r, RESULT_FILE) if r.error is None else None
+        if text is None:
+            failed.append(f"{(r.config or {}).get('arch')}: {r.error}")
             continue
-        results.append(TrialResult(**json.loads(r.metrics["result_json"])))
+        results.append(TrialResult(**json.loads(text)))
     if failed:
         raise RuntimeError("trials failed: " + "; ".join(failed))
     return write_outputs(cfg, results)
@@ -174,25 +181,23 @@ def write_outputs(cfg: ReproduceConfig, results: list[TrialResult]) -> Reproduce
         files["figure7.png"] = plot_layer_responses(responses, out / "figure7.png")
     summary_run_id = None
     if cfg.track:
-        from resnet_platform.tracking.runs import end_run, start_run
-        from resnet_platform.tracking.worker_logger import RunLogger
+        from resnet_platform.tracking.summary_run import record_summary_run
 
-        summary_run_id = start_run(
+        metrics = {}
+        for r in results:
+            metrics[f"test_error_{r.arch}"] = r.test_error
+            metrics[f"train_error_{r.arch}"] = r.train_error
+        summary_run_id = record_summary_run(
             cfg.tracking_uri,
             cfg.experiment,
             f"{cfg.name}-summary",
-            {
+            params={
                 "depths": ",".join(map(str, cfg.depths)),
                 "families": ",".join(cfg.families),
                 "epochs": cfg.epochs,
             },
-            {"paper.role": "summary"},
+            tags={"paper.role": "summary"},
+            files=list(files.values()),
+            metrics=metrics,
         )
-        with RunLogger(cfg.tracking_uri, summary_run_id) as logger:
-            for path in files.values():
-                logger.log_artifact_file(path)
-            for r in results:
-                logger.client.log_metric(summary_run_id, f"test_error_{r.arch}", r.test_error)
-                logger.client.log_metric(summary_run_id, f"train_error_{r.arch}", r.train_error)
-        end_run(cfg.tracking_uri, summary_run_id)
     return ReproduceOutcome(results, {k: str(v) for k, v in files.items()}, summary_run_id)

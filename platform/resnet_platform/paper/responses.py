@@ -10,7 +10,7 @@ then averaged over the channels (float64 running sums, one pass).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,6 @@ class LayerResponses:
     stds: list[float]
     images: int
     error: float | None = None  # top-1 error on the same images, when labels were given
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"names": self.names, "stds": self.stds, "images": self.images, "error": self.error}

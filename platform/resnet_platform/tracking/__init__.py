@@ -1,6 +1,14 @@
-"""MLflow tracking for resnet-platform: runs (driver), rank-0 logging, curves, model logging, registry.
+"""MLflow tracking for resnet-platform: every run lifecycle (a training run, a sweep's parent and
+children, the paper grid's summary), rank-0 logging, curves, model logging, registry.
 
-Driver::
+Lifecycles, on the driver, in plain values (``train/``, ``tune/`` and ``paper/`` call these and
+never MLflow itself)::
+
+    run = TrainingRun(uri); run.open(RunDescription(...)); ...; run.record(TrainingRecord(...))
+    sweep = SweepRun(uri); sweep.open(...); TrialRun(uri, sweep.run_id, name, trial_id) per trial
+    record_summary_run(uri, experiment, name, params=..., tags=..., files=..., metrics=...)
+
+The building blocks underneath::
 
     uri = resolve_tracking_uri(args.tracking_uri)          # pass this exact string to the workers
     run_id = find_run(uri, exp, name) if resume else None
@@ -49,10 +57,21 @@ _EXPORTS = {
     "client_for": ".runs",
     "default_tags": ".runs",
     "end_run": ".runs",
+    "ensure_experiment": ".runs",
     "find_run": ".runs",
     "git_commit": ".runs",
     "resolve_tracking_uri": ".runs",
     "start_run": ".runs",
+    "record_summary_run": ".summary_run",
+    "SweepRun": ".sweep_runs",
+    "TrialEnd": ".sweep_runs",
+    "TrialRun": ".sweep_runs",
+    "BestModel": ".training_run",
+    "Recorded": ".training_run",
+    "RunDescription": ".training_run",
+    "TrackingUnavailableError": ".training_run",
+    "TrainingRecord": ".training_run",
+    "TrainingRun": ".training_run",
     "RunLogger": ".worker_logger",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

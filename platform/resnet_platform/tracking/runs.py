@@ -77,6 +77,17 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
         return exp.experiment_id
 
 
+@bounded_mlflow_http()
+def ensure_experiment(tracking_uri: str | None, experiment: str) -> str:
+    """Create the store and ``experiment`` now, before trials that log into them start together
+    (several processes creating a new SQLite store at once race on its schema migration: "table ...
+    already exists"); a server that does not answer fails here, before any trial starts. Returns the
+    resolved URI."""
+    uri = resolve_tracking_uri(tracking_uri)
+    get_or_create_experiment(client_for(uri), experiment)
+    return uri
+
+
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
     """The commit checked out at ``path`` (default: the working directory), or None outside git."""
     try:

@@ -360,7 +360,7 @@ def epoch_batches(
 @dataclass
 class WorkerContext:
     rank: int
-    world: int
+    world: int  # the group's size now (an elastic group's changes between restarts)
     state: TrainingState
     logger: object | None
 

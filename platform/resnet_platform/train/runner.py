@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
 import ray
@@ -32,6 +32,9 @@ from .elastic import scaling_config
 from .loop import train_loop_per_worker, transform_config_of
 from .preemption import failure_config
 
+if TYPE_CHECKING:  # MLflow and matplotlib stay out of processes that only build or run a trainer
+    from resnet_platform.tracking.training_run import TrainingRun
+
 log = logging.getLogger(__name__)
 
 
@@ -47,8 +50,9 @@ class TrainingOutcome:
     best_checkpoint: ray.train.Checkpoint | None
     best_metrics: dict[str, Any]
     mlflow_run_id: str | None = None
-    model_version: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    model_uri: str | None = None  # the best model, when logged
+    model_version: str | None = None  # its registered version, when registered
+    mlflow_closed: bool | None = None  # whether the MLflow run was marked FINISHED (None: not tracked)
 
     @property
     def final(self) -> dict[str, float]:
@@ -150,13 +154,13 @@ def check_run_name(config: TrainConfig) -> None:
 def run_training(
     config: TrainConfig,
     *,
-    tracker=None,
+    tracker: TrainingRun | None = None,
     datasets: dict[str, ray.data.Dataset] | None = None,
     manifest: Manifest | None = None,
     callbacks: list | None = None,
 ) -> TrainingOutcome:
-    """Fit ``config``; ``tracker`` (see ``resnet_platform.tracking.training``) opens and closes the
-    MLflow run around the fit and logs the best model.
+    """Fit ``config``; ``tracker`` (a :class:`~resnet_platform.tracking.training_run.TrainingRun`)
+    opens and closes the MLflow run around the fit and logs the best model.
 
     ``datasets`` (``{"train", "val"}`` of uint8 HWC rows) with their ``manifest`` (classes) replace
     the prepared Parquet data at ``config.data``: how CIFAR-10 archives are trained.
@@ -177,7 +181,9 @@ def run_training(
     ensure_ray()
     try:
         if tracker is not None:
-            config = replace(config, mlflow_run_id=tracker.open(config, manifest))
+            from .run_record import describe_run, training_record  # tracked runs only: imports MLflow
+
+            config = replace(config, mlflow_run_id=tracker.open(describe_run(config)))
         trainer = build_trainer(
             config, datasets if datasets is not None else build_datasets(config), callbacks=callbacks
         )
@@ -191,11 +197,17 @@ def run_training(
         raise
     outcome = summarize(config, result)
     if tracker is not None:
+        record = training_record(
+            config, manifest, outcome.history, outcome.best_metrics, outcome.best_checkpoint
+        )
         try:
-            tracker.finish(config, manifest, outcome)
+            recorded = tracker.record(record)
         except BaseException:
             tracker.close(failed=True)
             raise
+        outcome.model_uri = recorded.model_uri
+        outcome.model_version = recorded.model_version
+        outcome.mlflow_closed = recorded.closed
     return outcome
 
 

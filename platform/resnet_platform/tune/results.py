@@ -23,7 +23,7 @@ class TrialRow:
     best_epoch: int
     epochs_run: int
     stopped_early: bool  # ASHA stopped it before the last epoch
-    status: str  # Tune's: TERMINATED, ERROR, ...
+    status: str  # TERMINATED, ERROR (as Tune says), or UNFINISHED (an interrupted sweep)
     mlflow_run_id: str | None = None
 
     @property

@@ -1,11 +1,12 @@
 """A hyperparameter sweep: Ray Tune over a driver function that fits one distributed TorchTrainer.
 
-Ray 2.60 (Train V2) no longer tunes a trainer object (``Tuner(TorchTrainer)``). Each Tune trial
-runs :func:`train_trial`, a function trainable that builds and fits a ``TorchTrainer`` with
+Trials run as every Tune job of the platform does (:mod:`.trials`): each runs :func:`train_trial`,
+a function trainable that builds and fits a ``TorchTrainer`` with
 :func:`~resnet_platform.train.runner.run_training`; Ray Train's ``TuneReportCallback`` forwards
 every epoch's report (rank 0's metrics) to Tune, where ASHA compares ``val_top1_error`` at its rungs
-and stops the worse trials. A trial itself holds almost no resources (``CPU: 0.01``); its Train
-workers reserve theirs, so ``max_concurrent`` x ``workers_per_trial`` must fit the cluster.
+and stops the worse trials; the driver reads them back from the ``ResultGrid``. A trial itself holds
+almost no resources; its Train workers reserve theirs, so ``max_concurrent`` x ``workers_per_trial``
+must fit the cluster.
 
 Ray must run its dashboard (``ray[default]``; the default of ``ray start`` and ``ray.init``): when ASHA
 stops a trial, or it reaches ``max_t``, Tune kills the trial's actor and with it the TrainController,
@@ -16,11 +17,10 @@ Storage, under ``<storage>/<name>``: Tune's experiment state (what ``--resume`` 
 trials are not rerun) and ``trials/<trial id>``, each trial's Ray Train run with its checkpoints (an
 interrupted trial continues from its latest one).
 
-MLflow: the driver opens one parent run named after the sweep; each trial opens a child run (tag
-``mlflow.parentRunId``) that its rank-0 worker logs every epoch into. After the sweep the driver
-closes the children ASHA stopped, tags the best trial on the parent and the child, logs the best
-trial's model from its best checkpoint (registered with ``register_best``), and logs the results
-table and the error-vs-learning-rate plot on the parent.
+MLflow (:mod:`resnet_platform.tracking.sweep_runs`): one parent run named after the sweep, a child
+run per trial that its rank-0 worker logs every epoch into; after the sweep the best trial's model
+from its best checkpoint (registered with ``register_best``) in its child, the results table and the
+error-vs-learning-rate plot on the parent.
 """
 
 from __future__ import annotations
@@ -30,16 +30,20 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from resnet_platform import storage
-from resnet_platform._compat import asha_max_t, sweep_child_run_status, tune_trials, watch_tune_interrupt
+from resnet_platform._compat import asha_max_t, watch_tune_interrupt
+from resnet_platform.tracking.sweep_runs import SweepRun, TrialEnd, TrialRun
+from resnet_platform.tracking.training_run import Recorded, TrainingRun
 from resnet_platform.train.config import TrainConfig
 
+from . import trials
 from .results import TrialRow, best_row, format_table, plot_error_vs_lr, to_csv, to_markdown
 from .space import SearchSpace
 
@@ -48,7 +52,6 @@ log = logging.getLogger(__name__)
 METRIC = "val_top1_error"
 MODE = "min"
 TRIALS_DIR = "trials"
-PARENT_ROLE = "sweep"
 RESULTS_MD = "sweep_results.md"
 RESULTS_CSV = "sweep_results.csv"
 PLOT_PNG = "val_error_vs_lr.png"
@@ -91,61 +94,11 @@ class SweepOutcome:
     parent_run_id: str | None
     interrupted: bool = False
     best: TrialRow | None = None
-    model_version: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    model_uri: str | None = None  # the best trial's model, when logged
+    model_version: str | None = None  # its registered version, when registered
 
 
 # ------------------------------------------------------------------------------------ trial side
-
-
-class TrialTracker:
-    """A trial's MLflow child run: created (or reopened when an interrupted trial restarts) under
-    the sweep's parent run; closed with config, curves and final metrics (no model) after the fit."""
-
-    def __init__(self, tracking_uri: str, parent_run_id: str, sweep_name: str, trial_id: str) -> None:
-        from resnet_platform.train.main import MlflowTracker
-
-        self._inner = MlflowTracker(tracking_uri)
-        self.tracking_uri = self._inner.tracking_uri
-        self.parent_run_id = parent_run_id
-        self.sweep_name = sweep_name
-        self.trial_id = trial_id
-
-    @property
-    def run_id(self) -> str | None:
-        return self._inner.run_id
-
-    def open(self, config: TrainConfig, manifest) -> str:
-        from resnet_platform.tracking.limits import bounded_mlflow_http
-        from resnet_platform.tracking.runs import start_run
-
-        tags = {
-            "mlflow.parentRunId": self.parent_run_id,
-            "sweep.name": self.sweep_name,
-            "sweep.trial_id": self.trial_id,
-            "arch": config.arch,
-            "lr": config.base_lr,
-            "data": config.data,
-            "num_workers": config.num_workers,
-            "worker_kind": "gpu" if config.use_gpu else "cpu",
-        }
-        params = {k: v for k, v in config.to_dict().items() if k not in ("mlflow_run_id", "fault")}
-        run_name = f"{config.arch}-lr{config.base_lr:.3g}-{self.trial_id}"
-        self._inner.limits = config.tracking_limits()
-        with bounded_mlflow_http(self._inner.limits):
-            children = find_child_runs(self.tracking_uri, config.experiment, self.parent_run_id)
-            existing = children.get(self.trial_id)
-            self._inner.run_id = start_run(
-                self.tracking_uri, config.experiment, run_name, params, tags, existing_run_id=existing
-            )
-        return self._inner.run_id
-
-    def close(self, failed: bool = False, status: str | None = None) -> bool:
-        return self._inner.close(failed, status)
-
-    def finish(self, config: TrainConfig, manifest, outcome) -> None:
-        # The model is logged for the best trial only, by the driver, once all trials are done.
-        self._inner.finish(config, manifest, replace(outcome, best_checkpoint=None))
 
 
 def train_trial(params: dict[str, Any], context: dict[str, Any]) -> None:
@@ -169,44 +122,11 @@ def train_trial(params: dict[str, Any], context: dict[str, Any]) -> None:
     )
     tracker = None
     if context.get("parent_run_id"):
-        tracker = TrialTracker(context["tracking_uri"], context["parent_run_id"], context["name"], trial_id)
+        tracker = TrialRun(context["tracking_uri"], context["parent_run_id"], context["name"], trial_id)
     run_training(config, tracker=tracker, callbacks=[TuneReportCallback()])
 
 
 # ----------------------------------------------------------------------------------- driver side
-
-
-def find_child_runs(tracking_uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
-    """Trial id -> child run id, for the runs of one sweep (the oldest when there are several)."""
-    from resnet_platform.tracking.runs import client_for
-
-    client = client_for(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return {}
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=10000,
-    )
-    return {r.data.tags["sweep.trial_id"]: r.info.run_id for r in runs if "sweep.trial_id" in r.data.tags}
-
-
-def _find_parent_run(tracking_uri: str, experiment: str, name: str, path: str) -> str | None:
-    from resnet_platform.tracking.runs import client_for
-
-    client = client_for(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.`sweep.role` = '{PARENT_ROLE}' and tags.`sweep.path` = '{path}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
 
 
 def _scheduler(config: SweepConfig):
@@ -258,7 +178,6 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
 
     from resnet_platform.data.checks import check_prepared_data
     from resnet_platform.data.manifest import read_manifest
-    from resnet_platform.tracking.runs import end_run, resolve_tracking_uri, start_run
     from resnet_platform.train.runner import ensure_ray, run_exists
 
     config.validate()  # every check that needs nothing running comes first
@@ -285,17 +204,10 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
     if config.resume and not Tuner.can_restore(exp_path, storage_filesystem=fs):
         raise SweepExistsError(f"--resume: {sweep_uri} holds no Tune experiment state to restore")
 
-    tracking_uri = resolve_tracking_uri(base.tracking_uri)
-    existing_parent = (
-        _find_parent_run(tracking_uri, base.experiment, name, sweep_uri) if config.resume else None
-    )
-    parent_run_id = start_run(
-        tracking_uri,
-        base.experiment,
-        name,
-        _parent_params(config),
-        {"sweep.role": PARENT_ROLE, "sweep.name": name, "sweep.path": sweep_uri},
-        existing_run_id=existing_parent,
+    sweep_run = SweepRun(base.tracking_uri)
+    tracking_uri = sweep_run.tracking_uri
+    parent_run_id = sweep_run.open(
+        base.experiment, name, sweep_uri, _parent_params(config), resume=config.resume
     )
     log.info("sweep %s: %d trials, MLflow parent run %s", name, config.space.num_trials, parent_run_id)
     context = {
@@ -305,7 +217,7 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
         "parent_run_id": parent_run_id,
         "name": name,
     }
-    trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), {"CPU": 0.01})
+    trainable = trials.trainable(train_trial, context=context)
     try:
         if config.resume:
             tuner = Tuner.restore(exp_path, trainable, resume_errored=True, storage_filesystem=fs)
@@ -323,53 +235,57 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
                         max_concurrent=config.max_concurrent, random_state=config.search_seed
                     ),
                 ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=root,
-                    storage_filesystem=fs,
-                    failure_config=tune.FailureConfig(max_failures=0),
-                    verbose=1,
-                ),
+                run_config=trials.run_config(name, base.storage),
             )
         with watch_tune_interrupt() as watch:
             grid = tuner.fit()
     except BaseException:
-        end_run(tracking_uri, parent_run_id, "FAILED")
+        sweep_run.close("FAILED")
         raise
 
-    trials = tune_trials(grid)
-    unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
     if watch.interrupted:  # Tune marks the trials it stopped on Ctrl-C as TERMINATED
-        unfinished = unfinished or [t.trial_id for t in trials]
-    rows = collect_rows(trials, list(grid), base)
-    children = find_child_runs(tracking_uri, base.experiment, parent_run_id)
+        unfinished = unfinished or len(grid)
+    rows = collect_rows(grid, base, finished=not unfinished)
+    children = sweep_run.children()
     for row in rows:
         row.mlflow_run_id = children.get(row.trial)
     outcome = SweepOutcome(name, sweep_uri, rows, parent_run_id, interrupted=bool(unfinished))
     if unfinished:
         log.warning(
-            "sweep %s interrupted with %d trials unfinished: continue it with --resume", name, len(unfinished)
+            "sweep %s interrupted with %d trials unfinished: continue it with --resume", name, unfinished
         )
-        end_run(tracking_uri, parent_run_id, "KILLED")
+        sweep_run.close("KILLED")
         return outcome
-    _close_children(tracking_uri, rows)
-    outcome.best = best_row(rows)
-    if outcome.best is not None:
-        _tag_best(tracking_uri, parent_run_id, outcome.best)
-        if outcome.best.mlflow_run_id:
-            outcome.model_version = _log_best_model(
-                tracking_uri, fs, context["trials_uri"], outcome, config.register_best, manifest, base
+    sweep_run.close_trials(
+        TrialEnd(r.mlflow_run_id, r.epochs_run, r.stopped_early, failed=r.status == "ERROR")
+        for r in rows
+        if r.mlflow_run_id
+    )
+    best = outcome.best = best_row(rows)
+    if best is not None:
+        sweep_run.tag_best(best.trial, best.mlflow_run_id, best.arch, best.lr)
+        if best.mlflow_run_id:
+            recorded = _log_best_model(
+                tracking_uri, fs, context["trials_uri"], best, config.register_best, manifest, base
             )
-    _log_parent(tracking_uri, parent_run_id, outcome)
-    end_run(tracking_uri, parent_run_id, "FINISHED")
+            if recorded is not None:
+                outcome.model_uri, outcome.model_version = recorded.model_uri, recorded.model_version
+    _log_results(sweep_run, outcome)
+    sweep_run.close("FINISHED")
     return outcome
 
 
-def collect_rows(trials: list, results: list, base: TrainConfig) -> list[TrialRow]:
-    """One row per Tune trial from its reported epochs (``results``: the ResultGrid, same order);
-    what a trial did not vary comes from ``base``."""
+def collect_rows(results: Iterable, base: TrainConfig, *, finished: bool = True) -> list[TrialRow]:
+    """One row per started trial from the ResultGrid (``results``): its hyperparameters, its
+    reported epochs; what a trial did not vary comes from ``base``. ``finished``: the sweep ran to
+    its end, so every trial not in error is TERMINATED; otherwise only those whose last result Tune
+    marked done (the others are UNFINISHED)."""
     rows = []
-    for trial, result in zip(trials, results, strict=True):
+    for result in results:
+        params = result.config
+        if params is None:  # the trial never started (an interrupted sweep)
+            continue
         df = result.metrics_dataframe
         best_err, best_epoch, epochs_run = math.nan, 0, 0
         if df is not None and METRIC in df and len(df):
@@ -379,10 +295,15 @@ def collect_rows(trials: list, results: list, base: TrainConfig) -> list[TrialRo
                 best_err = float(df.loc[i, METRIC])
                 best_epoch = int(df.loc[i, "epoch"])
                 epochs_run = int(df["epoch"].max())
-        params = trial.config
+        if result.error is not None:
+            status = "ERROR"
+        elif finished or result.metrics.get("done"):
+            status = "TERMINATED"
+        else:
+            status = "UNFINISHED"
         rows.append(
             TrialRow(
-                trial=trial.trial_id,
+                trial=trials.trial_id(result),
                 arch=params["arch"],
                 lr=float(params["lr"]),
                 weight_decay=float(params.get("weight_decay", base.weight_decay)),
@@ -390,44 +311,11 @@ def collect_rows(trials: list, results: list, base: TrainConfig) -> list[TrialRo
                 best_val_top1_error=best_err,
                 best_epoch=best_epoch,
                 epochs_run=epochs_run,
-                stopped_early=trial.status == "TERMINATED" and 0 < epochs_run < base.epochs,
-                status=trial.status,
+                stopped_early=status == "TERMINATED" and 0 < epochs_run < base.epochs,
+                status=status,
             )
         )
     return rows
-
-
-def _close_children(tracking_uri: str, rows: list[TrialRow]) -> None:
-    """Trials ASHA stopped were ended mid-fit: their child runs are closed here, with the reason."""
-    from resnet_platform.tracking.runs import client_for, end_run
-
-    client = client_for(tracking_uri)
-    for row in rows:
-        if not row.mlflow_run_id:
-            continue
-        client.set_tag(row.mlflow_run_id, "sweep.stopped_early", str(row.stopped_early).lower())
-        client.set_tag(row.mlflow_run_id, "sweep.epochs_run", str(row.epochs_run))
-        # A trial ASHA stopped was marked FAILED by its own tracker: being stopped early is a normal end.
-        status = sweep_child_run_status(
-            row.status, row.stopped_early, client.get_run(row.mlflow_run_id).info.status
-        )
-        if status is not None:
-            end_run(tracking_uri, row.mlflow_run_id, status)
-
-
-def _tag_best(tracking_uri: str, parent_run_id: str, best: TrialRow) -> None:
-    from resnet_platform.tracking.runs import client_for
-
-    client = client_for(tracking_uri)
-    for key, value in {
-        "sweep.best_trial": best.trial,
-        "sweep.best_run_id": best.mlflow_run_id or "",
-        "sweep.best_arch": best.arch,
-        "sweep.best_lr": f"{best.lr:.6g}",
-    }.items():
-        client.set_tag(parent_run_id, key, value)
-    if best.mlflow_run_id:
-        client.set_tag(best.mlflow_run_id, "sweep.best", "true")
 
 
 def best_recorded_checkpoint(fs: pafs.FileSystem, trial_path: str) -> tuple[Any, dict[str, Any]] | None:
@@ -459,19 +347,26 @@ def _as_dict(value) -> dict:
     return json.loads(value) if isinstance(value, str) else dict(value)
 
 
-def _log_best_model(tracking_uri, fs, trials_uri, outcome: SweepOutcome, register_as, manifest, base):
-    """Log the best trial's model (weights + architecture) into its child run; register it if asked."""
+def _log_best_model(
+    tracking_uri: str,
+    fs,
+    trials_uri: str,
+    best: TrialRow,
+    register_as: str | None,
+    manifest,
+    base: TrainConfig,
+) -> Recorded | None:
+    """Record the best trial's model (weights + architecture, from the checkpoint Ray Train recorded
+    as its best) into its child run; register it if asked."""
     from resnet_platform.train.checkpoint import load_checkpoint
-    from resnet_platform.train.main import MlflowTracker
-    from resnet_platform.train.runner import TrainingOutcome
+    from resnet_platform.train.run_record import training_record
 
-    best = outcome.best
     _, trial_path = storage.resolve(storage.join(trials_uri, best.trial))
     recorded = best_recorded_checkpoint(fs, trial_path)
     if recorded is None:
         log.warning("best trial %s left no checkpoint: no model logged", best.trial)
         return None
-    checkpoint, best_metrics = recorded
+    checkpoint, best_metrics = recorded  # the weights' own metrics, not the best epoch's
     with checkpoint.as_directory() as directory:
         state = load_checkpoint(directory)
     config = replace(
@@ -479,43 +374,27 @@ def _log_best_model(tracking_uri, fs, trials_uri, outcome: SweepOutcome, registe
         register_as=register_as,
         mlflow_run_id=best.mlflow_run_id,
     )
-    history = list(state["history"])
-    outcome.extra["best_checkpoint_metrics"] = best_metrics  # the weights' own, not the best epoch's
-    trial_outcome = TrainingOutcome(
-        name=best.trial,
-        run_path=storage.join(trials_uri, best.trial),
-        history=history,
-        best_checkpoint=checkpoint,
-        best_metrics=dict(best_metrics),
-        mlflow_run_id=best.mlflow_run_id,
-    )
-    tracker = MlflowTracker(tracking_uri, base.tracking_limits())
-    tracker.run_id = best.mlflow_run_id
-    tracker.finish(config, manifest, trial_outcome)
-    outcome.extra["model_uri"] = trial_outcome.extra.get("model_uri")
-    return trial_outcome.model_version
+    record = training_record(config, manifest, list(state["history"]), best_metrics, checkpoint)
+    run = TrainingRun(tracking_uri, base.tracking_limits(), run_id=best.mlflow_run_id)
+    return run.record(record)
 
 
-def _log_parent(tracking_uri: str, parent_run_id: str, outcome: SweepOutcome) -> None:
-    from resnet_platform.tracking.worker_logger import RunLogger
-
+def _log_results(sweep_run: SweepRun, outcome: SweepOutcome) -> None:
+    """The results table (markdown, CSV), the error-vs-lr plot and summary metrics on the parent."""
     rows = outcome.rows
-    with RunLogger(tracking_uri, parent_run_id) as run, tempfile.TemporaryDirectory() as tmp:
-        run.log_text(to_markdown(rows), RESULTS_MD)
-        run.log_text(to_csv(rows), RESULTS_CSV)
+    summary = {
+        "trials": len(rows),
+        "trials_stopped_early": sum(r.stopped_early for r in rows),
+        "trials_failed": sum(r.status == "ERROR" for r in rows),
+    }
+    if outcome.best is not None:
+        summary["best_val_top1_error"] = outcome.best.best_val_top1_error
+    with tempfile.TemporaryDirectory() as tmp:
         plot = plot_error_vs_lr(rows, Path(tmp) / PLOT_PNG, title=f"sweep {outcome.name}")
-        run.log_figure(plot, PLOT_PNG)
-        summary = {
-            "trials": len(rows),
-            "trials_stopped_early": sum(r.stopped_early for r in rows),
-            "trials_failed": sum(r.status == "ERROR" for r in rows),
-        }
-        if outcome.best is not None:
-            summary["best_val_top1_error"] = outcome.best.best_val_top1_error
-        run.client.log_batch(
-            parent_run_id,
-            metrics=RunLogger._metrics(summary, 0, int(time.time() * 1000)),
-            synchronous=True,
+        sweep_run.log_results(
+            texts={RESULTS_MD: to_markdown(rows), RESULTS_CSV: to_csv(rows)},
+            figures={PLOT_PNG: plot},
+            metrics=summary,
         )
 
 

@@ -1,0 +1,75 @@
+"""How the platform runs Ray Tune trials: one idiom for the sweeps and the paper grid.
+
+- **Trainable**: a function that fits one ``TorchTrainer`` (Ray 2.60 refuses ``Tuner(TorchTrainer)``),
+  its fixed settings given with ``tune.with_parameters`` and almost no resources of its own (its
+  Ray Train workers reserve theirs): :func:`trainable`.
+- **What varies**: ``Tuner(param_space=...)``, grid searches and distributions only.
+- **What comes back**: numbers as reported metrics (every epoch's through Ray Train's
+  ``TuneReportCallback``, or the trial's own ``tune.report``); what is not a number (a net's curves,
+  its layer responses) as files in the trial's checkpoint (:func:`report`).
+- **Read back** through the ``ResultGrid``'s public API: ``Result.metrics`` (``trial_id``, ``done``),
+  ``.config``, ``.metrics_dataframe``, ``.checkpoint``, ``.error`` (:func:`trial_id`, :func:`read_file`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from resnet_platform import storage
+
+# A trial holds almost nothing (0 is refused); its Ray Train workers reserve their own CPUs/GPUs,
+# so max concurrent trials x workers per trial must fit the cluster.
+TRIAL_RESOURCES = {"CPU": 0.01}
+
+
+def trainable(fn: Callable[..., None], **fixed: Any):
+    """``fn(params, **fixed)`` as a Tune trainable: ``params`` from the param space, ``fixed``
+    put in Ray's object store once."""
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(fn, **fixed), TRIAL_RESOURCES)
+
+
+def run_config(name: str, storage_uri: str, *, max_failures: int = 0):
+    """Tune's RunConfig: the experiment ``name`` under ``storage_uri`` (path or s3://); a failed
+    trial is retried ``max_failures`` times (default none: its Ray Train run has its own
+    ``max_failures``)."""
+    from ray import tune
+
+    fs, root = storage.resolve(storage_uri)
+    return tune.RunConfig(
+        name=name,
+        storage_path=root,
+        storage_filesystem=fs,
+        failure_config=tune.FailureConfig(max_failures=max_failures),
+        verbose=1,
+    )
+
+
+def report(metrics: Mapping[str, float], files: Mapping[str, str]) -> None:
+    """Report a trial's result: ``metrics`` for Tune, ``files`` (name -> text) in its checkpoint."""
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+        tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def read_file(result, name: str) -> str | None:
+    """A file a trial reported with :func:`report` (None when it reported none)."""
+    if result.checkpoint is None:
+        return None
+    with result.checkpoint.as_directory() as directory:
+        path = Path(directory) / name
+        return path.read_text() if path.is_file() else None
+
+
+def trial_id(result) -> str:
+    return result.metrics["trial_id"]  # Tune sets it on every trial's last result, reported or not
+
+
+__all__ = ["TRIAL_RESOURCES", "read_file", "report", "run_config", "trainable", "trial_id"]

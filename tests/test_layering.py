@@ -1,0 +1,131 @@
+"""Who may import what, read from the source (no imports run): ``tracking/`` stays below ``train/``,
+``tune/`` and ``paper/``, which open and close MLflow runs only through it; every job runs from a
+bare checkout through ``jobs/_bootstrap.py``."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "platform" / "resnet_platform"
+ABOVE_TRACKING = ("train", "tune", "paper")
+# MLflow run lifecycle calls that belong to tracking/ (its typed interface wraps them).
+LIFECYCLE_NAMES = {"start_run", "end_run", "find_run", "client_for", "MlflowClient"}
+
+
+def imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(absolute module, imported names) for every import in ``path``, function-level ones too."""
+    package = ".".join(path.relative_to(REPO / "platform").with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names = [alias.name for alias in node.names]
+            found.append((module, names))
+            found += [(f"{module}.{name}", []) for name in names]  # "from . import x" imports a module
+    return found
+
+
+def sources(subpackage: str) -> list[Path]:
+    paths = sorted((PACKAGE / subpackage).rglob("*.py"))
+    assert paths, subpackage
+    return paths
+
+
+def test_tracking_imports_nothing_from_train_tune_or_paper():
+    above = tuple(f"resnet_platform.{p}" for p in ABOVE_TRACKING)
+    wrong = [
+        f"{path.relative_to(REPO)}: {module}"
+        for path in sources("tracking")
+        for module, _ in imports(path)
+        if module in above or module.startswith(tuple(f"{a}." for a in above))
+    ]
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("subpackage", ABOVE_TRACKING)
+def test_train_tune_and_paper_reach_mlflow_only_through_tracking(subpackage):
+    wrong = [
+        f"{path.relative_to(REPO)}: {module} {names or ''}"
+        for path in sources(subpackage)
+        for module, names in imports(path)
+        if module.split(".")[0] == "mlflow" or LIFECYCLE_NAMES & set(names)
+    ]
+    assert not wrong, wrong
+
+
+def test_the_import_walk_sees_relative_and_function_level_imports():
+    """The checks above would pass vacuously if the walk missed imports: it must resolve these."""
+    probe = PACKAGE / "tracking" / "runs.py"
+    found = {m for m, _ in imports(probe)}
+    assert {"mlflow", "resnet_platform.tracking.limits", "resnet_platform.tracking.params"} <= found
+    loop = {m for m, _ in imports(PACKAGE / "train" / "loop.py")}
+    assert "resnet_platform.tracking.worker_logger" in loop  # imported inside a function
+
+
+JOBS = sorted(p for p in (REPO / "jobs").glob("*.py") if p.name != "_bootstrap.py")
+
+
+@pytest.mark.parametrize("job", JOBS, ids=lambda p: p.name)
+def test_every_job_imports_bootstrap_before_the_package(job):
+    body = ast.parse(job.read_text()).body
+    order = [
+        alias.name if isinstance(node, ast.Import) else (node.module or "")
+        for node in body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (node.names if isinstance(node, ast.Import) else [node])
+    ]
+    assert "_bootstrap" in order, f"{job.name} does not import _bootstrap"
+    # Imports inside functions run after the module's own, so only the top level can come too early.
+    first_package = next((i for i, m in enumerate(order) if m.startswith("resnet_platform")), len(order))
+    assert order.index("_bootstrap") < first_package
+
+
+def test_bootstrap_makes_the_checkout_importable_without_an_install():
+    """``python -S``: no site-packages, so no installed or editable copy of the package."""
+    code = "import sys; sys.path.insert(0, 'jobs'); import _bootstrap, resnet_platform; print(resnet_platform.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).resolve() == (PACKAGE / "__init__.py").resolve()
+
+
+# What a Ray Train worker, a Ray Data task and a Tune trial's trainer import before tracking is asked for.
+WORKER_MODULES = (
+    "resnet_platform.train.loop",
+    "resnet_platform.train.runner",
+    "resnet_platform.train.main",
+    "resnet_platform.data.pipeline",
+    "resnet_platform.tune.trials",
+)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and Ray: ~10 s on 2 busy cores
+def test_workers_do_not_import_mlflow_or_matplotlib():
+    """The namespaces are lazy (``_lazy.py``) and the lifecycles are imported by tracked runs only: a
+    worker that does not log pays for neither MLflow nor matplotlib. In a fresh interpreter."""
+    code = (
+        "import importlib, sys\n"
+        f"for m in {WORKER_MODULES!r}: importlib.import_module(m)\n"
+        "print(sorted({k.split('.')[0] for k in sys.modules} & {'mlflow', 'matplotlib'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO / "platform")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
