@@ -75,6 +75,7 @@ class CheckpointUploader:
         self.rank = rank
         self.inflight: Upload | None = None
         self.uploads: list[Upload] = []  # every upload of this incarnation, oldest first
+        self.stored_in_report: Upload | None = None  # sync mode: stored before report returned
 
     # -- the upload itself (Ray's upload thread in async mode, the training thread in sync mode) --
     def _upload_fn(self, upload: Upload):
@@ -130,13 +131,15 @@ class CheckpointUploader:
         if self.mode == "sync" and upload is not None:
             shutil.rmtree(upload.directory, ignore_errors=True)
             self.wait()
+            self.stored_in_report = upload  # its timings reach the epoch's row (after_upload)
         return time.perf_counter() - start
 
     def after_upload(self, fn: Callable[[Upload | None], None]) -> None:
         """Run ``fn(upload)`` once the in-flight upload is stored (now, with None, if there is none).
-        Never run for an upload that failed."""
+        Never run for an upload that failed. In sync mode the upload is already stored: ``fn`` gets it."""
         if self.inflight is None:
-            fn(None)
+            upload, self.stored_in_report = self.stored_in_report, None
+            fn(upload)
         else:
             self.inflight.callbacks.append(fn)
             self.poll()
