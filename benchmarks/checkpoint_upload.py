@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
             }
         size_mb = (
             boto3.client("s3", endpoint_url=endpoint).head_object(
-                Bucket="bench", Key=f"runs/{config.name}/checkpoint_epoch_0001/state.pt"
+                Bucket="bench",
+                Key=f"runs/{config.name}/checkpoint_epoch_{args.epochs:04d}/state.pt",  # the last is always kept
             )["ContentLength"]
             / 1e6
         )
