@@ -375,6 +375,11 @@ def _open_logger(config: TrainConfig, rank: int):
     return logger
 
 
+def _durations(metrics: dict[str, float]) -> dict[str, float]:
+    """What MLflow gets of a history row: everything but the wall-clock stamps (``*_at``)."""
+    return {k: v for k, v in metrics.items() if not k.endswith("_at")}
+
+
 def train_loop_per_worker(config_dict: dict) -> None:
     quiet_train_worker()
     config = TrainConfig.from_dict(config_dict)
@@ -569,17 +574,21 @@ def train_loop_per_worker(config_dict: dict) -> None:
             timing = save_and_report(metrics, f"checkpoint_epoch_{state.epoch:04d}" if save_now else None)
             row = state.history[-1]
             row.update(timing)  # reaches the checkpoints from the next one on, and MLflow below
+            # The epoch goes to MLflow now, not once its checkpoint is stored: a worker stopped
+            # right after ``report`` (Tune's early stop, a preemption restart) must not lose it. If
+            # the upload then fails, the restart trains the epoch again and MLflow keeps the first
+            # record of it (each epoch once). Durations only: the wall-clock stamps stay in the history.
+            if ctx.logger is not None:
+                ctx.logger.log_epoch(state.epoch, _durations(row), step=state.step)
 
-            def log_epoch(upload, row=row, step=state.step, epoch_done=state.epoch) -> None:
-                # Only once the epoch's checkpoint is in storage, tell MLflow (which may be down).
+            def log_upload(upload, row=row, step=state.step) -> None:
+                # The upload's own timings, once it is stored (at the epoch's step).
                 if upload is not None:
                     row.update(upload.stats())
-                if ctx.logger is not None:  # durations only: the wall-clock stamps stay in the history
-                    ctx.logger.log_epoch(
-                        epoch_done, {k: v for k, v in row.items() if not k.endswith("_at")}, step=step
-                    )
+                    if ctx.logger is not None:
+                        ctx.logger.log_event(_durations(upload.stats()), step=step)
 
-            uploader.after_upload(log_epoch)
+            uploader.after_upload(log_upload)
     except BaseException:
         # A failure in this process (not its death): the checkpoint already handed to the upload
         # thread still reaches storage and is registered before the group restarts.

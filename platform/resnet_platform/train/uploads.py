@@ -12,8 +12,8 @@ thread, and Ray registers the checkpoint when it is done. On top of that, :class
   error raised into the training thread by Ray and again by the next :meth:`wait`, so the group
   fails and restarts from the last checkpoint that did reach storage (``--max-failures``), or the run
   fails naming it. A checkpoint is never dropped silently;
-- runs what must wait for the checkpoint to be stored (logging that epoch to MLflow) only after it
-  is, from the training thread (:meth:`after_upload`, :meth:`poll`).
+- runs what must wait for the checkpoint to be stored (logging the upload's timings to MLflow) only
+  after it is, from the training thread (:meth:`after_upload`, :meth:`poll`).
 
 ``sync`` mode keeps the old behaviour (every rank waits in ``report`` for the upload) with the same
 retries, timings and callbacks, for comparison and for storage that cannot take a background copy.
