@@ -43,32 +43,34 @@ def make_step(model, device, amp_dtype, channels_last: bool):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    def step(images_u8: torch.Tensor, labels: torch.Tensor) -> None:
+    def step(images_u8: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x = normalize(images_u8.to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = loss_fn(model(x), labels.to(device, non_blocking=True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return loss.detach()
 
     return step
 
 
-def timed(step, batches, steps: int, warmup: int, device) -> float:
-    """images/s over ``steps`` batches after ``warmup``."""
+def timed(step, batches, steps: int, warmup: int, device) -> tuple[float, float]:
+    """(images/s over ``steps`` batches after ``warmup``, the last step's loss). The loss is read
+    once, after the clock stops: a non-finite one is printed with the row."""
     it = iter(batches)
     for _ in range(warmup):
         step(*next(it))
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start, images = time.perf_counter(), 0
+    start, images, loss = time.perf_counter(), 0, None
     for _ in range(steps):
         x, y = next(it)
-        step(x, y)
+        loss = step(x, y)
         images += x.shape[0]
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return images / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start), float(loss)
 
 
 def main() -> None:
@@ -82,6 +84,11 @@ def main() -> None:
     p.add_argument("--amp", choices=["bf16", "fp16", "off"], default="bf16")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--workdir", default=None)
+    p.add_argument(
+        "--decode-ahead",
+        default="0,2",
+        help="GPU-decode rows: batches decoded ahead on background threads (0: in the training thread)",
+    )
     a = p.parse_args()
 
     import ray
@@ -124,15 +131,27 @@ def main() -> None:
             ):
                 yield b["image"], b["label"] % 1000
 
-    def gpu_batches():
+    def gpu_batches(ahead: int):
         ds = build_split_dataset(str(work / "shards"), "train", train=True, transform=transform, decode="gpu")
         decoder = DeviceDecoder(transform, train=True, device=device)
         for _ in range(epochs):
             raw = ds.iter_batches(
                 batch_size=a.batch, batch_format="numpy", prefetch_batches=4, drop_last=True
             )
-            for b in decoder.batches(raw):
+            for b in decoder.batches(raw, ahead=ahead):
                 yield b["image"], b["label"] % 1000
+
+    def pixel_stats(images: torch.Tensor) -> str:
+        f = images.float()
+        return f"mean {f.mean():.1f} std {f.std():.1f} min {int(images.min())} max {int(images.max())}"
+
+    # Both paths crop the same shards the same way: their pixel statistics agree (a decode that
+    # returned garbage or uninitialized memory would not).
+    first_cpu, first_gpu = cpu_batches(), gpu_batches(0)
+    cpu_x, gpu_x = next(first_cpu)[0], next(first_gpu)[0]
+    first_cpu.close()
+    first_gpu.close()
+    print(f"pixels, CPU decode: {pixel_stats(cpu_x)}; GPU decode: {pixel_stats(gpu_x)}", flush=True)
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     tables = []
@@ -143,27 +162,22 @@ def main() -> None:
         step = make_step(model, device, amp, channels_last)
         x = torch.randint(0, 256, (a.batch, 224, 224, 3), dtype=torch.uint8, device=device)
         y = torch.randint(0, 1000, (a.batch,), device=device)
-        rows = [
-            (
-                "synthetic batches on device (ceiling)",
-                timed(step, itertools.repeat((x, y)), a.steps, a.warmup, device),
-            )
+        runs = [
+            ("synthetic batches on device (ceiling)", lambda x=x, y=y: itertools.repeat((x, y))),
+            (f"CPU decode: Ray Data on {os.cpu_count()} CPUs", cpu_batches),
         ]
-        print(f"{arch} synthetic: {rows[0][1]:,.0f} img/s", flush=True)
-        rows.append(
-            (
-                f"CPU decode: Ray Data on {os.cpu_count()} CPUs",
-                timed(step, cpu_batches(), a.steps, a.warmup, device),
+        for ahead in [int(v) for v in a.decode_ahead.split(",") if v]:
+            label = (
+                "GPU decode: nvJPEG + crops in the training thread"
+                if ahead == 0
+                else f"GPU decode: nvJPEG + crops {ahead} batches ahead on side streams"
             )
-        )
-        print(f"{arch} CPU decode: {rows[-1][1]:,.0f} img/s", flush=True)
-        rows.append(
-            (
-                "GPU decode: nvJPEG + crops on the device",
-                timed(step, gpu_batches(), a.steps, a.warmup, device),
-            )
-        )
-        print(f"{arch} GPU decode: {rows[-1][1]:,.0f} img/s", flush=True)
+            runs.append((label, lambda ahead=ahead: gpu_batches(ahead)))
+        rows = []
+        for label, batches in runs:
+            ips, loss = timed(step, batches(), a.steps, a.warmup, device)
+            rows.append((label, ips))
+            print(f"{arch} {label}: {ips:,.0f} img/s (last loss {loss:.3f})", flush=True)
         tables.append((arch, rows))
         del model, step
         if device.type == "cuda":

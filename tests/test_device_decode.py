@@ -160,3 +160,38 @@ def test_training_with_gpu_decode_path_on_cpu_learns(digits_shards, ray_local, t
     assert all(int(h["val_images"]) == 359 for h in history)  # every val image decoded on the worker
     assert history[-1]["val_top1_error"] < 0.5, history[-1]
     assert decode_failures(digits_shards, "train") == []
+
+
+def _raw_batches(n: int, bad_at: int | None = None):
+    for b in range(n):
+        images = [IMAGES[(b + i) % len(IMAGES)] for i in range(3)]
+        if b == bad_at:
+            images[1] = b"not a jpeg"
+        yield {"image": np.array(images, dtype=object), "label": np.arange(3) + 10 * b}
+
+
+@pytest.mark.parametrize("ahead", [1, 3])
+def test_decoding_ahead_on_threads_gives_the_in_thread_batches_in_order(ahead):
+    """``batches`` decodes on background threads: the same pixels, labels and order as decoding in
+    the calling thread (each batch draws from its own generator, spawned in stream order), with the
+    undecodable row skipped and counted."""
+    t = TransformConfig(image_size=48, augmentation="rrc")
+    inline = DeviceDecoder(t, train=True, device="cpu", rng=np.random.default_rng(5))
+    threaded = DeviceDecoder(t, train=True, device="cpu", rng=np.random.default_rng(5))
+    expected = list(inline.batches(_raw_batches(6, bad_at=2), ahead=0))
+    got = list(threaded.batches(_raw_batches(6, bad_at=2), ahead=ahead))
+    assert [b["label"].tolist() for b in got] == [b["label"].tolist() for b in expected]
+    assert got[2]["label"].tolist() == [20, 22]
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a["image"], b["image"])
+    assert threaded.skipped == inline.skipped == 1
+
+
+def test_a_consumer_that_stops_early_leaves_no_decode_thread_behind():
+    import threading
+
+    decoder = DeviceDecoder(TransformConfig(image_size=32), train=True, device="cpu")
+    stream = decoder.batches(_raw_batches(50), ahead=2)
+    next(stream)
+    stream.close()
+    assert not [th for th in threading.enumerate() if th.name.startswith("device-decode")]

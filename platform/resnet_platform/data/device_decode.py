@@ -10,12 +10,20 @@ The crop of every image is drawn exactly as the CPU path draws it (``pipeline.dr
 distribution of inputs; training crops then get the same TrivialAugment/RandAugment/random erasing
 (``data/augment.py``), drawn from the same generator. The same code runs with device ``cpu``, which
 is how it is tested without a GPU. Undecodable images are skipped and reported in the split's skip record, as on the CPU path.
+
+:meth:`DeviceDecoder.batches` decodes ahead of the training step, on background threads (each on its
+own CUDA stream): torchvision's batched nvJPEG runs its Huffman stage on the CPU and every crop is a
+few kernel launches, so decoding in the training thread serialized that CPU work with the step
+(measured on one H200, ResNet-50: 0.42x the synthetic ceiling; BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -48,8 +56,14 @@ class DeviceDecoder:
         self.rng = rng if rng is not None else np.random.default_rng()
         self.skipped = 0
         self.last_failures: list[dict] = []
+        self._lock = threading.Lock()
+        self._local = threading.local()  # each decode thread's CUDA stream
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """One batch, in the calling thread, with the decoder's own generator."""
+        return self._decode(batch, self.rng)
+
+    def _decode(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         datas = list(batch["image"])
         labels = np.asarray(batch["label"], dtype=np.int64)
         decoded = transforms.decode_rgb_batch(datas, self.device)
@@ -60,13 +74,14 @@ class DeviceDecoder:
                 key = str(batch["key"][i]) if "key" in batch else f"row {i} of a batch"
                 failed.append({"key": key, "reason": f"{type(image).__name__}: {image}"})
                 continue
-            crop = draw_crop_for(self.rng, image.shape[2], image.shape[1], self.transform, self.train)
+            crop = draw_crop_for(rng, image.shape[2], image.shape[1], self.transform, self.train)
             out = transforms.crop_resize(image, crop, size)
-            crops.append(self.transform.augment(out, self.rng) if self.train else out)
+            crops.append(self.transform.augment(out, rng) if self.train else out)
             keep.append(i)
         self.last_failures = failed
         if failed:
-            self.skipped += len(failed)
+            with self._lock:
+                self.skipped += len(failed)
             log.warning("skipping %d undecodable image(s), e.g. %s", len(failed), failed[0]["key"])
             if self.skips_name is not None:
                 record_skips(self.skips_name, failed)
@@ -77,9 +92,60 @@ class DeviceDecoder:
         label_t = torch.from_numpy(labels[keep]).to(self.device, non_blocking=True)
         return {"image": images, "label": label_t}
 
-    def batches(self, raw_batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, torch.Tensor]]:
-        """Decode a stream of raw batches (``DataIterator.iter_batches(batch_format="numpy")``)."""
-        for raw in raw_batches:
-            out = self(raw)
-            if len(out["label"]):
-                yield out
+    def batches(
+        self, raw_batches: Iterable[dict[str, np.ndarray]], *, ahead: int = 2
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Decode a stream of raw batches (``DataIterator.iter_batches(batch_format="numpy")``) in
+        order, ``ahead`` of them at once on background threads while the caller trains on the one
+        before (``ahead=0``: in the calling thread). Each batch draws its crops from its own generator,
+        spawned from the decoder's in stream order, so a seeded run stays reproducible."""
+        if ahead <= 0:
+            for raw in raw_batches:
+                out = self._decode(raw, self._batch_rng())
+                if len(out["label"]):
+                    yield out
+            return
+        pool = ThreadPoolExecutor(ahead, thread_name_prefix="device-decode")
+        pending: deque = deque()
+        source = iter(raw_batches)
+        try:
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < ahead:
+                    raw = next(source, None)
+                    if raw is None:
+                        exhausted = True
+                    else:
+                        pending.append(pool.submit(self._decode_on_side_stream, raw, self._batch_rng()))
+                if not pending:
+                    return
+                out = self._on_current_stream(*pending.popleft().result())
+                if len(out["label"]):
+                    yield out
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _batch_rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.rng.integers(2**63))
+
+    def _decode_on_side_stream(self, raw: dict[str, np.ndarray], rng: np.random.Generator):
+        if self.device.type != "cuda":
+            return self._decode(raw, rng), None
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(device=self.device)
+        with torch.cuda.device(self.device), torch.cuda.stream(stream):
+            out = self._decode(raw, rng)
+            done = torch.cuda.Event()
+            done.record(stream)
+        return out, done
+
+    def _on_current_stream(self, out: dict[str, torch.Tensor], done) -> dict[str, torch.Tensor]:
+        """The training stream waits (on the device, not the host) for the decode thread's kernels,
+        and the caching allocator learns that the tensors are used there."""
+        if done is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(done)
+            for tensor in out.values():
+                tensor.record_stream(current)
+        return out
