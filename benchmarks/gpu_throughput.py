@@ -145,14 +145,6 @@ def main() -> None:
         f = images.float()
         return f"mean {f.mean():.1f} std {f.std():.1f} min {int(images.min())} max {int(images.max())}"
 
-    # Both paths crop the same shards the same way: their pixel statistics agree (a decode that
-    # returned garbage or uninitialized memory would not).
-    first_cpu, first_gpu = cpu_batches(), gpu_batches(0)
-    cpu_x, gpu_x = next(first_cpu)[0], next(first_gpu)[0]
-    first_cpu.close()
-    first_gpu.close()
-    print(f"pixels, CPU decode: {pixel_stats(cpu_x)}; GPU decode: {pixel_stats(gpu_x)}", flush=True)
-
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     tables = []
     for arch in [x for x in a.archs.split(",") if x]:
@@ -182,6 +174,16 @@ def main() -> None:
         del model, step
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    # After the timed rows: an abandoned Ray Data iterator can keep its tasks running until it is
+    # collected (run 2 of 2026-11-27 did this check first, and its CPU-decode rows fell to 0.35-0.65x
+    # of run 1's). Both paths crop the same shards the same way, so their pixel statistics agree
+    # (garbage from a decode would not).
+    first_cpu, first_gpu = cpu_batches(), gpu_batches(0)
+    cpu_x, gpu_x = next(first_cpu)[0], next(first_gpu)[0]
+    first_cpu.close()
+    first_gpu.close()
+    print(f"pixels, CPU decode: {pixel_stats(cpu_x)}; GPU decode: {pixel_stats(gpu_x)}", flush=True)
+
     ray.shutdown()
 
     for arch, rows in tables:
