@@ -201,6 +201,7 @@ def test_resnet110_rule_keeps_lr_low_until_training_error_below_80_percent():
     assert schedule.lr == pytest.approx(0.01)  # epoch 5: the milestone divides by 10
 
 
+@pytest.mark.slow
 def test_cifar_datasets_stream_every_row_once(archive, ray_local):
     data = read_cifar10(archive)
     ds = cifar_datasets(data, augment=True, blocks=4)

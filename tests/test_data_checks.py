@@ -83,6 +83,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_two_class_manifest_with_label_5_is_refused_on_the_driver(tmp_path):
     root = tmp_path / "ds"
     train = write_split(root, "train", [(jpeg(i * 10), i % 2) for i in range(12)] + [(jpeg(200), 5)])

@@ -47,6 +47,7 @@ def shard_keys(uri: str, split: str) -> list[str]:
     )
 
 
+@pytest.mark.slow
 def test_flipped_byte_is_refused_naming_the_shard_and_a_rerun_repairs_it(tmp_path, ray_local):
     tree = write_ilsvrc_tree(tmp_path / "src", train_per_class=8, val_per_class=2)
     out = str(tmp_path / "out")

@@ -136,6 +136,7 @@ def test_placement_selectors_and_task_arguments():
             DataPlacement(node_label=bad)
 
 
+@pytest.mark.slow
 def test_bad_data_node_label_is_one_line_from_the_job():
     job = [
         sys.executable,

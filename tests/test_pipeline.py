@@ -66,6 +66,7 @@ def test_train_batches_shapes_dtypes_ranges(digits_shards, ray_local):
     assert x.shape[0] == 64
 
 
+@pytest.mark.slow
 def test_val_is_deterministic_complete_and_correctly_labelled(digits_shards, digits_folder, ray_local):
     manifest = read_manifest(digits_shards)
     assert label_names(manifest) == [f"digit {d}" for d in range(10)]
@@ -86,6 +87,7 @@ def test_train_order_changes_every_epoch(digits_shards, ray_local):
     assert epoch1 != epoch2
 
 
+@pytest.mark.slow
 def test_two_consumers_see_disjoint_parts_covering_the_split(digits_shards, ray_local):
     ds = build_split_dataset(
         digits_shards, "train", train=True, transform=TransformConfig(image_size=8), include_key=True

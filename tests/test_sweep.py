@@ -260,9 +260,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     first_trial = first.data.tags["sweep.trial_id"]
 
     resumed = subprocess.run(
-        _sweep_cmd(
-            digits_shards, tmp_path, mlflow_server.uri, "--resume", "--verbose"
-        ),  # Tune's "started" lines
+        # --verbose: Tune's "trial ... started" lines, checked below, are INFO.
+        _sweep_cmd(digits_shards, tmp_path, mlflow_server.uri, "--resume", "--verbose"),
         env=env,
         capture_output=True,
         text=True,

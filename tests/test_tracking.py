@@ -313,6 +313,7 @@ def test_run_logger_restart_logs_each_epoch_once(mlflow_server, tmp_path):
     assert len(client.get_metric_history(run_id, "images_per_sec")) == 10
 
 
+@pytest.mark.slow
 def test_artifacts_land_in_s3(mlflow_server, tmp_path):
     uri = mlflow_server.uri
     run_id = start_run(uri, _unique("exp"), "artifacts", params={}, tags={})
@@ -456,6 +457,7 @@ def test_predict_job_prints_top5(registry):
         assert abs(float(block[0].split()[-1]) - top[0].probability) < 1e-4
 
 
+@pytest.mark.slow
 def test_no_credentials_in_any_run(registry, mlflow_server, s3_server, tmp_path):
     """Every run on the server: params, tags, metric names and artifact text hold no credential."""
     uri = mlflow_server.uri
