@@ -514,3 +514,26 @@ def test_ema_state_survives_a_checkpoint_round_trip(tmp_path):
         assert torch.equal(a, b), k
     # The EMA weights load into a plain network, as the registered model does.
     build_model("cifar_resnet20", 10).load_state_dict(saved["model_ema"]["model"])
+
+
+def test_without_a_schedule_batches_keep_the_size_their_data_came_in():
+    """An in-memory set at its own size (the degradation job's 16-pixel digits under the CIFAR
+    recipe's image_size 32) trains at the size it is validated at; a schedule still resizes."""
+    x, y = torch.rand(4, 3, 16, 16), torch.arange(4)
+    plain = WorkerTechniques(
+        TrainConfig(data="x", arch="cifar_resnet20", image_size=32, num_classes=10),
+        nn.Linear(1, 1),
+        torch.device("cpu"),
+    )
+    out, _, _ = plain.prepare(x, y, plain.train_size(0), torch.contiguous_format)
+    assert tuple(out.shape) == (4, 3, 16, 16)
+    ramped = WorkerTechniques(
+        TrainConfig(
+            data="x", arch="cifar_resnet20", image_size=32, num_classes=10, progressive_min_size=24,
+            progressive_ramp=(0.25, 0.5), progressive_step=8, epochs=4,
+        ),
+        nn.Linear(1, 1),
+        torch.device("cpu"),
+    )  # fmt: skip
+    out, _, _ = ramped.prepare(x, y, ramped.train_size(0), torch.contiguous_format)
+    assert tuple(out.shape) == (4, 3, 24, 24)

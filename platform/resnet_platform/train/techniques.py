@@ -96,8 +96,14 @@ class WorkerTechniques:
         return resolution.train_size(self.config, epoch)
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor, size: int, memory_format):
-        """Normalized NCHW batch -> (input, loss target, labels the error is counted against)."""
-        x = resolution.resize_batch(x, size)
+        """Normalized NCHW batch -> (input, loss target, labels the error is counted against).
+
+        Resized to ``size`` only under a progressive schedule: otherwise the batch keeps the size its
+        data came in (the pipeline's crop, or an in-memory set's own, e.g. the degradation job's
+        16-pixel digits), the size validation sees too. Resizing those to ``--image-size`` trained
+        at 32 pixels and validated at 16 (test error at chance, found 2026-11-27)."""
+        if self.config.progressive_min_size is not None:
+            x = resolution.resize_batch(x, size)
         x, target, hard = self.mixer(x, y)
         return x.contiguous(memory_format=memory_format), target, hard
 
