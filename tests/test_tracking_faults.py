@@ -193,7 +193,8 @@ def test_failed_fit_with_mlflow_down_raises_the_real_error(
 
 def test_training_flags_set_the_mlflow_deadlines_the_platform_applies():
     """--mlflow-timeout-s reaches MLflow's per-request timeout inside the platform's scope (and the
-    environment is restored after); --mlflow-retry-interval-s paces a logger's retries in an outage."""
+    environment is restored after); --mlflow-retry-interval-s reaches the limits a logger paces its
+    retries by (the pacing itself: test_the_retry_interval_paces_...)."""
     import os
 
     from resnet_platform.tracking.limits import bounded_mlflow_http
@@ -208,3 +209,46 @@ def test_training_flags_set_the_mlflow_deadlines_the_platform_applies():
     with bounded_mlflow_http(limits):
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
     assert os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") == before
+
+
+def _counting_dead_server():
+    """A loopback port that accepts each connection and closes it unanswered (an MLflow that is
+    down behind a proxy); returns (uri, accepted connections so far, stop)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    accepted = [0]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            accepted[0] += 1
+            conn.close()
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}", accepted, stop.set
+
+
+@pytest.mark.parametrize("interval_s,more_contacts", [(60.0, False), (0.0, True)])
+def test_the_retry_interval_paces_a_loggers_contacts_with_a_server_that_is_down(interval_s, more_contacts):
+    """--mlflow-retry-interval-s: after a failed contact, the logger buffers without calling the
+    server again until the interval has passed (60 s: not once over five epochs; 0 s: every epoch)."""
+    uri, accepted, stop = _counting_dead_server()
+    try:
+        limits = TrackingLimits(timeout_s=2, max_retries=0, retry_interval_s=interval_s)
+        logger = RunLogger(uri, "0" * 32, limits=limits)  # reads the run's history: the first contact
+        after_open = accepted[0]
+        assert after_open >= 1
+        for epoch in range(1, 6):
+            assert logger.log_epoch(epoch, {"val_top1_error": 0.5}, step=epoch)  # buffered
+        assert (accepted[0] > after_open) is more_contacts, (after_open, accepted[0])
+        assert logger.pending_points > 0
+    finally:
+        stop()
