@@ -55,7 +55,6 @@ class DeviceDecoder:
         self.skips_name = skips_name
         self.rng = rng if rng is not None else np.random.default_rng()
         self.skipped = 0
-        self.last_failures: list[dict] = []
         self._lock = threading.Lock()
         self._local = threading.local()  # each decode thread's CUDA stream
 
@@ -78,7 +77,6 @@ class DeviceDecoder:
             out = transforms.crop_resize(image, crop, size)
             crops.append(self.transform.augment(out, rng) if self.train else out)
             keep.append(i)
-        self.last_failures = failed
         if failed:
             with self._lock:
                 self.skipped += len(failed)
