@@ -24,11 +24,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python jobs/demo.py
 
+# Two pytest processes: most of a Ray Train test is start-up spent waiting (worker processes, Ray
+# Data's executor, MLflow's server), so two overlap well on 2 cores. Tests that share a costly
+# module fixture (the local cluster, one ASHA sweep, one Ray Serve app) carry an xdist_group mark
+# and stay in one process. PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=30
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform jobs tests benchmarks

@@ -129,3 +129,40 @@ def test_workers_do_not_import_mlflow_or_matplotlib():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# The modules whose functions Ray Data pickles into its read and map tasks (and so into its split
+# coordinators and dataset managers, which unpickle them and never call them).
+DATA_TASK_MODULES = (
+    "resnet_platform.data.pipeline",
+    "resnet_platform.data.shard_reader",
+    "resnet_platform.data.cifar",
+    "resnet_platform.data.digits",
+)
+
+
+def test_the_pipelines_task_modules_import_torch_only_when_a_function_runs():
+    """``data/transforms.py`` and ``data/augment.py`` import torch inside their functions, so a
+    process that only unpickles the pipeline's functions maps no libtorch (about 490 MB and seconds
+    of start-up per Ray Data coordinator). Then the same interpreter decodes one image: torch arrives."""
+    code = (
+        "import importlib, io, sys\n"
+        f"for m in {DATA_TASK_MODULES!r}: importlib.import_module(m)\n"
+        "before = 'torch' in sys.modules\n"
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        "from resnet_platform.data.pipeline import TransformConfig, transform_image\n"
+        "buf = io.BytesIO(); Image.new('RGB', (40, 30), (200, 10, 10)).save(buf, format='JPEG')\n"
+        "out = transform_image(buf.getvalue(), TransformConfig(image_size=16), True, np.random.default_rng(0))\n"
+        "print(before, 'torch' in sys.modules, out.shape)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO / "platform")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False True (16, 16, 3)"

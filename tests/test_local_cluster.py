@@ -27,6 +27,9 @@ import boto3
 import pytest
 from fixtures.ports import free_port
 
+# One two-node cluster for the module: its tests stay in one pytest process (make test runs two).
+pytestmark = pytest.mark.xdist_group("local_cluster")
+
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "infra" / "local"
 BIN = Path(sys.executable).parent

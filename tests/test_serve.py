@@ -19,7 +19,8 @@ from PIL import Image
 from resnet_platform.serving.serve import ServeConfig, start_serving
 from resnet_platform.tracking import load_model
 
-pytestmark = pytest.mark.slow  # Serve + an MLflow server
+# Serve + an MLflow server; one Serve app (a module fixture) for its tests, in one pytest process.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
 
 ALIAS = "serving"
 

@@ -18,6 +18,9 @@ from resnet_platform.tune import SearchSpace, SweepConfig, run_sweep
 from resnet_platform.tune.cli import build_parser, config_from_args
 from resnet_platform.tune.results import TrialRow, format_table, plot_error_vs_lr, to_csv, to_markdown
 
+# One ASHA sweep (a module fixture) for its tests: they stay in one pytest process.
+pytestmark = pytest.mark.xdist_group("asha_sweep")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -18,9 +18,12 @@ and never disturbs the training loop's own torch random stream.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: see data/transforms.py's docstring
+    import torch
 
 AUTO_AUGMENTS = ("none", "ta_wide", "randaugment")
 # RandAugment as torchvision's reference builds it: 2 ops, magnitude 9 of 31 bins.
@@ -64,6 +67,8 @@ def augment_image(
     are off."""
     if not is_active(auto_augment, random_erase):
         return image
+    import torch
+
     seed = int(rng.integers(0, 2**63 - 1))
     generator = torch.default_generator
     saved = generator.get_state()

@@ -10,7 +10,10 @@ with the same crop (:func:`eval_crop`: resize-then-center-crop, or the whole ima
 models), resized with the same kernel (bilinear, antialiased, on uint8), so a served model sees the
 pixels it was validated on, up to the JPEG decoder's rounding.
 
-Only torch and numpy at import (torchvision when decoding): a served model imports this module.
+Only numpy at import; torch where a function needs it (torchvision when decoding). A served model
+imports this module, and so does every process that unpickles a Ray Data function of the pipeline:
+Ray Data's split coordinators and dataset managers never call them, and without torch mapped they
+use about 200 MB instead of about 690 MB each, and start seconds sooner (``tests/test_layering.py``).
 
 Decoding uses ``torchvision.io`` (libjpeg-turbo on the CPU, nvJPEG on the GPU): one thread decodes
 and crops about 1.5x faster than PIL decode + PIL resize (measured in ``BENCHMARKS.md``).
@@ -22,9 +25,12 @@ import math
 import warnings
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as tnf
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -156,6 +162,7 @@ def draw_crop(
 def decode_rgb(data: bytes | np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """Image bytes -> uint8 CHW RGB tensor on ``device`` (nvJPEG for JPEG on CUDA; any format
     torchvision reads on the CPU). Raises on bytes no decoder reads."""
+    import torch
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
     raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
@@ -167,6 +174,7 @@ def decode_rgb(data: bytes | np.ndarray, device: str | torch.device = "cpu") -> 
 def decode_rgb_batch(datas: list, device: str | torch.device) -> list[torch.Tensor | Exception]:
     """Decode a batch: one batched nvJPEG call on CUDA when every item is a JPEG; otherwise (or when
     the batched call fails on a bad image) one by one, an undecodable item becoming its exception."""
+    import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if torch.device(device).type == "cuda":
@@ -190,6 +198,9 @@ def decode_rgb_batch(datas: list, device: str | torch.device) -> list[torch.Tens
 def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """uint8 CHW -> uint8 CHW ``height`` x ``width``, bilinear with antialiasing: the one resize kernel,
     the same on CPU and CUDA tensors."""
+    import torch
+    import torch.nn.functional as tnf
+
     region = image.unsqueeze(0)
     if region.shape[-2:] != (height, width):
         if region.device.type == "cpu":  # uint8 fast path; CUDA's antialiased kernel wants floats
@@ -245,6 +256,8 @@ def channel_stats(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``mean`` and ``std`` (given on the [0, 1] scale) as (3, 1, 1) float tensors on the
     0-255 scale, what :func:`normalize` takes."""
+    import torch
+
     as_255 = [torch.tensor(v, dtype=torch.float32, device=device).view(3, 1, 1) * 255 for v in (mean, std)]
     return as_255[0], as_255[1]
 
