@@ -139,6 +139,25 @@ def test_train_storage_context_has_the_methods_the_checkpoint_retry_calls():
     ]
 
 
+def test_ray_train_still_leaves_its_sigint_handler_and_the_block_puts_the_old_one_back():
+    """Ray Train's fit installs a handler that holds the run's controller, and keeps no note of the
+    one it replaced (the day it does, this workaround can go); the block puts that one back."""
+    from ray.train.v2.api import data_parallel_trainer as dpt
+
+    source = inspect.getsource(dpt.DataParallelTrainer)
+    assert "self._register_sigint_handler(controller)" in source and "getsignal" not in source
+    original = signal.getsignal(signal.SIGINT)
+    trainer = object.__new__(dpt.DataParallelTrainer)
+    try:
+        with _compat.sigint_handler_restored():
+            trainer._register_sigint_handler(controller=None)
+            installed = signal.getsignal(signal.SIGINT)
+            assert installed is not original and installed.__qualname__.endswith("sigint_handler")
+        assert signal.getsignal(signal.SIGINT) is original
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
 # ------------------------------------------------------------------------------------- Ray core
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -46,9 +47,12 @@ def small_config(data: str, storage: Path, **overrides) -> TrainConfig:
 def test_ddp_two_workers_learn_digits_with_exact_validation(digits_shards, ray_local, tmp_path):
     # A tracking URI with a password (never contacted: no MLflow run here) must not reach a checkpoint.
     secret_uri = "https://ci-user:pa/ss@word@mlflow.invalid:5000"
+    sigint_before = signal.getsignal(signal.SIGINT)
     outcome = run_training(
         small_config(digits_shards, tmp_path, epochs=4, name="learn", tracking_uri=secret_uri)
     )
+    # Ray Train's SIGINT handler (it holds the run's controller) is gone with the fit (_compat).
+    assert signal.getsignal(signal.SIGINT) is sigint_before
     history = outcome.history
     assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < history[0]["train_loss"]

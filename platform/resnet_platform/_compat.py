@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
@@ -97,6 +99,14 @@ WORKAROUNDS: dict[str, Workaround] = {
         RAY_CHECKED,
         "The per-dataset ExecutionOptions a DataConfig was given are resolved only by the private "
         "DataConfig._resolve_execution_options(name).",
+    ),
+    "sigint_handler_restored": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "TorchTrainer.fit() in the main thread installs a SIGINT handler (DataParallelTrainer."
+        "_register_sigint_handler) and never removes it: a Ctrl-C after the fit (while the model is "
+        "logged) calls abort on a finished run instead of interrupting, and the handler keeps that "
+        "run's TrainController actor alive until the next fit.",
     ),
     "persist_checkpoint": _STORAGE_CONTEXT,
     "checkpoint_target": _STORAGE_CONTEXT,
@@ -176,6 +186,20 @@ def data_config_shard_locality(config) -> bool:
 def data_config_execution_options(config, dataset_name: str):
     """The ``ExecutionOptions`` a ``ray.train.DataConfig`` applies to ``dataset_name``."""
     return config._resolve_execution_options(dataset_name)
+
+
+@contextlib.contextmanager
+def sigint_handler_restored() -> Iterator[None]:
+    """Around ``TorchTrainer.fit()``: the SIGINT handler in place before it is put back after it (a
+    Ctrl-C during the fit still aborts the run gracefully, Ray Train's own way)."""
+    if threading.current_thread() is not threading.main_thread():  # Ray installs none there
+        yield
+        return
+    saved = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
 
 
 def persist_checkpoint(checkpoint, checkpoint_dir_name: str):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -20,7 +20,7 @@ from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, LoggingConfig, RunConfig
 from ray.train.torch import TorchTrainer
 
-from resnet_platform import storage
+from resnet_platform import _compat, storage
 from resnet_platform.console import ensure_ray, is_verbose
 from resnet_platform.data.checks import check_prepared_data, check_splits, find_data_error
 from resnet_platform.data.manifest import Manifest, read_manifest
@@ -187,7 +187,8 @@ def run_training(
         trainer = build_trainer(
             config, datasets if datasets is not None else build_datasets(config), callbacks=callbacks
         )
-        result = trainer.fit()
+        with _compat.sigint_handler_restored():
+            result = trainer.fit()
     except BaseException as err:
         if tracker is not None:  # bounded, and never raises over ``err``
             tracker.close(failed=True, status="KILLED" if isinstance(err, KeyboardInterrupt) else None)
