@@ -201,6 +201,59 @@ def test_resnet110_rule_keeps_lr_low_until_training_error_below_80_percent():
     assert schedule.lr == pytest.approx(0.01)  # epoch 5: the milestone divides by 10
 
 
+def _warmup_config(**overrides) -> TrainConfig:
+    values = dict(data="x", arch="cifar_resnet20", lr=0.1, epochs=10, lr_milestones=(5,))
+    values.update(error_warmup_lr=0.01, num_workers=1, **overrides)
+    return TrainConfig(**values)
+
+
+@pytest.mark.parametrize("lr_schedule", ["step", "plateau"])
+def test_resnet110_low_rate_ends_at_the_first_step_whose_batch_error_is_below_80_percent(lr_schedule):
+    """The paper counts the warm-up in iterations (about 400): the check runs after every step, not
+    only at the epoch's end, and the schedule's rate applies from the next step."""
+    config = _warmup_config(lr_schedule=lr_schedule)
+    schedule = EpochSchedule(build_optimizer(torch.nn.Linear(2, 2), config), config)
+    schedule.step(0.9, train_error=0.85)  # an epoch still above: plateau's own scheduler is stepping now
+    schedule.observe_step_error(0.85)
+    assert schedule.error_warmup and schedule.lr == pytest.approx(0.01)
+    schedule.observe_step_error(0.79)
+    assert not schedule.error_warmup and schedule.lr == pytest.approx(0.1)
+    schedule.observe_step_error(0.95)  # over: a later bad batch does not bring the low rate back
+    schedule.step(0.9, train_error=0.9)
+    assert schedule.lr == pytest.approx(0.1)
+
+
+def test_the_training_loop_ends_the_low_rate_phase_mid_epoch():
+    """``train_one_epoch`` reads each step's batch error while the phase lasts: a net that fits its
+    batches at once leaves the low rate after its first step, inside the first epoch."""
+    from resnet_platform.train.checkpoint import TrainingState
+    from resnet_platform.train.loop import Normalizer, WorkerContext, train_one_epoch
+
+    torch.manual_seed(0)
+    config = _warmup_config(batch_size=8)
+    labels = torch.arange(8) % 2
+    images = (labels.view(8, 1, 1, 1) * 255).expand(8, 4, 4, 3).to(torch.uint8)  # class = brightness
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    with torch.no_grad():  # already right on every image: the first step's batch error is 0
+        model[1].weight.zero_()
+        model[1].weight[1].fill_(1.0)
+        model[1].weight[0].fill_(-1.0)
+        model[1].bias.zero_()
+    optimizer = build_optimizer(model, config)
+    schedule = EpochSchedule(optimizer, config)
+    rates = []
+    optimizer.register_step_post_hook(lambda opt, *_: rates.append(opt.param_groups[0]["lr"]))
+    ctx = WorkerContext(0, 1, TrainingState(), None)
+    batches = [{"image": images, "label": labels}] * 3
+    cpu = torch.device("cpu")
+    train_one_epoch(
+        model, batches, torch.nn.CrossEntropyLoss(), optimizer, None, None, Normalizer(cpu, False),
+        cpu, config, ctx, schedule=schedule,
+    )  # fmt: skip
+    assert not schedule.error_warmup
+    assert rates == pytest.approx([0.01, 0.1, 0.1])  # the first step at the low rate, then the schedule's
+
+
 @pytest.mark.slow
 def test_cifar_datasets_stream_every_row_once(archive, ray_local):
     data = read_cifar10(archive)

@@ -174,6 +174,7 @@ def train_one_epoch(
     at_boundary=None,
     techniques: WorkerTechniques | None = None,
     image_size: int | None = None,
+    schedule: EpochSchedule | None = None,
 ):
     """One pass over the training shard. Loss and top-k counts accumulate on the device; the host
     reads them only at logging steps and once at the end (after the all-reduce).
@@ -185,7 +186,11 @@ def train_one_epoch(
 
     ``techniques`` (``train/techniques.py``) resizes each batch to ``image_size``, mixes it, and
     updates the EMA after each optimizer step; the optimizer steps once per ``grad_accum_steps``
-    micro-batches (``train/accumulate.py``). ``ctx.state.step`` counts optimizer steps."""
+    micro-batches (``train/accumulate.py``). ``ctx.state.step`` counts optimizer steps.
+
+    While ``schedule`` is in its ResNet-110 low-rate phase, each optimizer step's global batch error
+    is read (one all-reduce and host sync per step, in that phase only) and may end the phase
+    (``EpochSchedule.observe_step_error``)."""
     model.train()
     plan = plan or ResumePlan()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -201,6 +206,7 @@ def train_one_epoch(
             break
     tick = time.perf_counter()
     trained = 0
+    since_step = torch.zeros(2, dtype=torch.float64, device=device)  # images, top-1 hits since the last step
 
     def position() -> EpochPosition:
         total, loss_total, c1, c5 = all_reduce_sum([images, loss_sum, correct[0], correct[1]], device)
@@ -236,12 +242,19 @@ def train_one_epoch(
         n = y.shape[0]
         images += n
         loss_sum += loss.detach().double() * n
-        correct += topk_correct(logits.detach(), hard)
+        hits = topk_correct(logits.detach(), hard)
+        correct += hits
         trained += 1
+        if schedule is not None and schedule.error_warmup:
+            since_step += torch.stack([hits.new_tensor(float(n)), hits[0]])
         if not accumulator.stepped:
             tick = time.perf_counter()
             continue
         ctx.state.step += 1
+        if schedule is not None and schedule.error_warmup:
+            seen, right = all_reduce_sum([since_step[0], since_step[1]], device)
+            schedule.observe_step_error(1.0 - right / max(seen, 1.0))
+            since_step.zero_()
         if techniques is not None:
             techniques.after_step(ctx.state.step, ctx.state.epoch)
         if ctx.logger is not None and ctx.state.step % config.log_every_steps == 0:
@@ -521,6 +534,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 at_boundary=at_boundary,
                 techniques=techniques,
                 image_size=size,
+                schedule=schedule,
             )
             val_batches = epoch_batches(val_shard, config, device, train=False, shuffle_seed=None)
             evals = evaluate_models(

@@ -1,4 +1,5 @@
-"""Optimizer and learning-rate schedule, stepped once per epoch as torchvision's reference does."""
+"""Optimizer and learning-rate schedule, stepped once per epoch as torchvision's reference does (the
+ResNet-110 low-rate phase ends at the step its training error falls below the threshold)."""
 
 from __future__ import annotations
 
@@ -75,8 +76,28 @@ class EpochSchedule:
     def _error_warmup_factor(self) -> float:
         return self.config.error_warmup_lr / self.config.base_lr if self.error_warmup else 1.0
 
+    def observe_step_error(self, batch_error: float) -> None:
+        """After an optimizer step during the ResNet-110 low-rate phase: the global batch's training
+        error. Below the threshold, the phase ends now and the next step trains at the schedule's
+        rate: the paper's "until the training error is below 80% (about 400 iterations)" is a count
+        of iterations, and an epoch of a small data set is a dozen of them, so a once-per-epoch check
+        kept the low rate an epoch too long (ResNet-56 on the digits sharpened at 0.01 for 24 steps,
+        then blew up at 0.1: BENCHMARKS.md, "Degradation at small scale")."""
+        if not self.error_warmup or batch_error >= self.config.error_warmup_threshold:
+            return
+        self.error_warmup = False
+        if self.plateau is not None and self.epochs_done > self.config.warmup_epochs:
+            for group in self.optimizer.param_groups:  # the plateau scheduler multiplies the rate on
+                group["lr"] *= self.config.base_lr / self.config.error_warmup_lr
+            return
+        for group, base, factor in zip(
+            self.optimizer.param_groups, self.lambda_lr.base_lrs, self.lambda_lr.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * factor(self.lambda_lr.last_epoch)
+
     def step(self, val_error: float, train_error: float | None = None) -> None:
-        """After each epoch; ``train_error`` ends the ResNet-110 low-rate phase once below threshold."""
+        """After each epoch; ``train_error`` ends the ResNet-110 low-rate phase once below threshold
+        (when no step's batch did first: :meth:`observe_step_error`)."""
         if self.error_warmup and train_error is not None and train_error < self.config.error_warmup_threshold:
             self.error_warmup = False
         self.epochs_done += 1
