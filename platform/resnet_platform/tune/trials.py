@@ -36,11 +36,8 @@ def trainable(fn: Callable[..., None], **fixed: Any):
 def run_config(name: str, storage_uri: str, *, max_failures: int = 0):
     """Tune's RunConfig: the experiment ``name`` under ``storage_uri`` (path or s3://); a failed
     trial is retried ``max_failures`` times (default none: its Ray Train run has its own
-    ``max_failures``). Tune's own trial boxes and status tables only with ``--verbose``: the
-    platform prints each trial's epochs and the grid's result itself."""
+    ``max_failures``)."""
     from ray import tune
-
-    from resnet_platform.console import is_verbose
 
     fs, root = storage.resolve(storage_uri)
     return tune.RunConfig(
@@ -48,7 +45,7 @@ def run_config(name: str, storage_uri: str, *, max_failures: int = 0):
         storage_path=root,
         storage_filesystem=fs,
         failure_config=tune.FailureConfig(max_failures=max_failures),
-        verbose=1 if is_verbose() else 0,
+        verbose=1,
     )
 
 
