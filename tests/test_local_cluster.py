@@ -1,7 +1,7 @@
 """infra/local/start-cluster.sh and stop-cluster.sh: a two-node Ray cluster, S3 and MLflow on 127.0.0.1,
 the README's `ray job submit` commands run against it end to end, and the spot drill (a third node
 drained for preemption during training). One cluster start for the module (the `local_cluster`
-fixture); its stop, and that it leaves nothing behind, is checked when the module is done.
+fixture); its stop, and that it leaves nothing behind, is checked at the end of the session.
 
 The driver runs in a subprocess: this pytest process may already hold the session's in-process Ray.
 """
@@ -241,9 +241,11 @@ class LocalCluster:
     tree: set[int] = field(default_factory=set)  # every process of the cluster, right after start
 
 
-@pytest.fixture(scope="module")
+# Session scope: under pytest-xdist a module fixture was started twice (its tests did not run back
+# to back in their worker); the xdist_group keeps both tests in one process, so it starts once.
+@pytest.fixture(scope="session")
 def local_cluster(tmp_path_factory):
-    """infra/local/start-cluster.sh once for this module's tests; at the end stop-cluster.sh, which
+    """infra/local/start-cluster.sh once for this module's tests (session-scoped); at the end stop-cluster.sh, which
     must stop every process it started (and only those), remove its state and Ray's temp dirs, and
     leave no port answering."""
     state = tmp_path_factory.mktemp("local-cluster") / "state"

@@ -119,7 +119,9 @@ def test_results_table_and_plot(tmp_path):
 # ------------------------------------------------------------------------- slow: real sweeps
 
 
-@pytest.fixture(scope="module")
+# Session scope: under pytest-xdist a module fixture was built twice (its tests did not run back to
+# back in their worker); the xdist_group keeps every user of this one in one process.
+@pytest.fixture(scope="session")
 def asha_sweep(digits_shards, ray_local, mlflow_server, tmp_path_factory):
     """A good and a diverging learning rate, one trial at a time so ASHA compares them in order.
     ``--checkpoint-every 2`` over 3 epochs: checkpoints at epochs 2 and 3 only, so the best epoch may
