@@ -33,8 +33,8 @@ def test_resume_is_exact_with_every_technique_on(digits_shards, ray_local, tmp_p
     techniques = dict(
         num_workers=1, batch_size=64, epochs=2, deterministic=True, shuffle_buffer=0,
         mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1, ema=True, ema_steps=2, ema_decay=0.999,
-        grad_accum_steps=2, progressive_min_size=24, progressive_ramp=(0.0, 0.5), progressive_step=8,
-        val_image_size=32, register_ema=True,
+        grad_accum_steps=2, image_size=32, progressive_min_size=24, progressive_ramp=(0.0, 0.5),
+        progressive_step=8, val_image_size=32, register_ema=True,
     )  # fmt: skip
     reference = run_training(small_config(digits_shards, tmp_path, name="straight", **techniques))
     assert [int(h["train_image_size"]) for h in reference.history] == [24, 32]

@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def base_config(data: str, storage: Path, tracking_uri: str | None = None, **overrides) -> TrainConfig:
-    """CIFAR-sized nets on the 32x32 digits; one worker of 0.5 CPU per trial (the rest decodes)."""
+    """CIFAR-sized nets on the digits at 16x16; one worker of 0.5 CPU per trial (the rest decodes)."""
     values = dict(
         data=data,
         arch="cifar_resnet20",
-        image_size=32,
+        image_size=16,
         epochs=2,
         batch_size=64,
         lr_schedule="cosine",
@@ -207,7 +207,7 @@ def _sweep_cmd(data: str, storage: Path, tracking_uri: str, *extra: str) -> list
     return [
         sys.executable,
         str(REPO / "jobs" / "sweep_resnet.py"),
-        *f"--data {data} --archs cifar_resnet20 --lrs 0.05,0.1 --epochs 2 --image-size 32 "
+        *f"--data {data} --archs cifar_resnet20 --lrs 0.05,0.1 --epochs 2 --image-size 16 "
         f"--augmentation none --batch-size 64 --workers-per-trial 1 --cpus-per-worker 0.5 "
         f"--max-concurrent 1 --grace-epochs 2 --seed 0 --name interrupted --experiment sweeps-resume-test".split(),
         "--storage",

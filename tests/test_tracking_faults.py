@@ -92,6 +92,7 @@ def test_mlflow_killed_after_epoch_1_run_finishes_with_every_checkpoint_and_epoc
         tmp_path,
         name="outage",
         epochs=3,
+        image_size=32,  # epochs long enough that the kill lands between epoch 1 and epoch 2's checkpoint
         tracking_uri=server.uri,
         experiment="outage-test",
         mlflow_timeout_s=2,
