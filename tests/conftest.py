@@ -4,6 +4,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Ray Train's controller polls its workers every 2 s; a run's end waits for the next poll. The
@@ -18,3 +20,21 @@ pytest_plugins = [
     "fixtures.datasets",
     "fixtures.registered_model",
 ]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """pytest-xdist 3.8 with pytest 9.2: ``--dist loadgroup`` names each ``xdist_group`` test
+    ``<nodeid>@<group>`` by setting ``item._nodeid``, but pytest 9.2 reads a node's id from
+    ``item._id``, so the groups were silently ignored (a module's costly fixture was built in both
+    processes). Copy the grouped name where pytest 9.2 reads it. Checked on pytest 9.2.0 and
+    pytest-xdist 3.8.0; ``tests/test_compat.py::test_xdist_groups_reach_the_scheduler`` fails when
+    the grouping is lost again."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        grouped = getattr(item, "_nodeid", None)
+        if isinstance(grouped, str) and grouped != item.nodeid and "@" in grouped:
+            item._id = NodeId.parse(grouped)
