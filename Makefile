@@ -24,8 +24,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python jobs/demo.py
 
-# Two pytest processes: most of a Ray Train test is start-up spent waiting (worker processes, Ray
-# Data's executor, MLflow's server), so two overlap well on 2 cores. Tests that share a costly
+# Two pytest processes: one left the 2 cores idle through Ray's process start-ups, server starts
+# and polls; two kept them 90% busy (README, suite times). Tests that share a costly
 # module fixture (the local cluster, one ASHA sweep, one Ray Serve app) carry an xdist_group mark
 # and stay in one process. PYTEST_WORKERS=0 runs everything in this process.
 PYTEST_WORKERS ?= 2
