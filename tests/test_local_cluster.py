@@ -241,8 +241,8 @@ class LocalCluster:
     tree: set[int] = field(default_factory=set)  # every process of the cluster, right after start
 
 
-# Session scope: under pytest-xdist a module fixture was started twice (its tests did not run back
-# to back in their worker); the xdist_group keeps both tests in one process, so it starts once.
+# Session scope and the module's xdist_group: one cluster start per run of the suite, in the one
+# pytest process that runs this module (it started twice while the groups were ignored: conftest).
 @pytest.fixture(scope="session")
 def local_cluster(tmp_path_factory):
     """infra/local/start-cluster.sh once for this module's tests (session-scoped); at the end stop-cluster.sh, which

@@ -119,8 +119,8 @@ def test_results_table_and_plot(tmp_path):
 # ------------------------------------------------------------------------- slow: real sweeps
 
 
-# Session scope: under pytest-xdist a module fixture was built twice (its tests did not run back to
-# back in their worker); the xdist_group keeps every user of this one in one process.
+# Session scope and the module's xdist_group: one sweep per run of the suite, in the one pytest
+# process that runs this module (the sweep was built twice while the groups were ignored: conftest).
 @pytest.fixture(scope="session")
 def asha_sweep(digits_shards, ray_local, mlflow_server, tmp_path_factory):
     """A good and a diverging learning rate, one trial at a time so ASHA compares them in order.
