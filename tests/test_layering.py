@@ -100,6 +100,20 @@ def test_bootstrap_makes_the_checkout_importable_without_an_install():
     assert Path(out.stdout.strip()).resolve() == (PACKAGE / "__init__.py").resolve()
 
 
+def _run_fresh(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter that imports the package from the checkout; must succeed."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO / "platform")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 # What a Ray Train worker, a Ray Data task and a Tune trial's trainer import before tracking is asked for.
 WORKER_MODULES = (
     "resnet_platform.train.loop",
@@ -119,15 +133,7 @@ def test_workers_do_not_import_mlflow_or_matplotlib():
         f"for m in {WORKER_MODULES!r}: importlib.import_module(m)\n"
         "print(sorted({k.split('.')[0] for k in sys.modules} & {'mlflow', 'matplotlib'}))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO / "platform")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
+    out = _run_fresh(code)
     assert out.stdout.strip() == "[]"
 
 
@@ -156,13 +162,5 @@ def test_the_pipelines_task_modules_import_torch_only_when_a_function_runs():
         "out = transform_image(buf.getvalue(), TransformConfig(image_size=16), True, np.random.default_rng(0))\n"
         "print(before, 'torch' in sys.modules, out.shape)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO / "platform")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
+    out = _run_fresh(code)
     assert out.stdout.strip() == "False True (16, 16, 3)"

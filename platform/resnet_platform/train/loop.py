@@ -206,7 +206,8 @@ def train_one_epoch(
             break
     tick = time.perf_counter()
     trained = 0
-    since_step = torch.zeros(2, dtype=torch.float64, device=device)  # images, top-1 hits since the last step
+    # Images and top-1 hits since the last optimizer step, counted during the low-rate phase only.
+    warm_images, warm_hits = 0, torch.zeros((), dtype=torch.float64, device=device)
 
     def position() -> EpochPosition:
         total, loss_total, c1, c5 = all_reduce_sum([images, loss_sum, correct[0], correct[1]], device)
@@ -246,15 +247,17 @@ def train_one_epoch(
         correct += hits
         trained += 1
         if schedule is not None and schedule.error_warmup:
-            since_step += torch.stack([hits.new_tensor(float(n)), hits[0]])
+            warm_images += n
+            warm_hits += hits[0]
         if not accumulator.stepped:
             tick = time.perf_counter()
             continue
         ctx.state.step += 1
         if schedule is not None and schedule.error_warmup:
-            seen, right = all_reduce_sum([since_step[0], since_step[1]], device)
+            seen, right = all_reduce_sum([warm_images, warm_hits], device)
             schedule.observe_step_error(1.0 - right / max(seen, 1.0))
-            since_step.zero_()
+            warm_images = 0
+            warm_hits.zero_()
         if techniques is not None:
             techniques.after_step(ctx.state.step, ctx.state.epoch)
         if ctx.logger is not None and ctx.state.step % config.log_every_steps == 0:
