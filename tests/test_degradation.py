@@ -24,6 +24,7 @@ from resnet_platform.paper.degradation import (
     write_outputs,
 )
 from resnet_platform.paper.tables import TrialResult
+from resnet_platform.train.optim import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["plain-20", "plain-56", "ResNet-20", "ResNet-56"]
@@ -71,18 +72,18 @@ ORDERED = {
 def test_cli_flags_come_from_the_config():
     job = load_job()
     args = job.build_parser().parse_args(
-        ["--seeds", "3,4", "--epochs", "5", "--warmup-depth", "110", "--digits-size", "16", "--no-mlflow"]
+        ["--seeds", "3,4", "--epochs", "5", "--warmup-epochs", "0", "--digits-size", "16", "--no-mlflow"]
     )
     from resnet_platform.settings import values_from_args
 
     config = DegradationConfig(track=not args.no_mlflow, **values_from_args(args, DegradationConfig))
     assert config.seeds == (3, 4) and config.epochs == 5 and config.digits_size == 16 and not config.track
     assert config.archs == ["cifar_plain20", "cifar_plain56", "cifar_resnet20", "cifar_resnet56"]
-    assert config.warmup_lr_for("cifar_resnet56") is None  # --warmup-depth 110: the paper's letter
+    assert config.warmup_overrides() == {}  # --warmup-epochs 0: the paper's recipe to the letter
     default = DegradationConfig()
     assert default.data == "digits" and default.resolved_augmentation == "none"
-    assert default.warmup_lr_for("cifar_resnet56") == 0.01
-    assert default.warmup_lr_for("cifar_plain56") is None and default.warmup_lr_for("cifar_resnet20") is None
+    assert default.resolved_warmup_epochs == 3  # a quarter of the 12 epochs
+    assert DegradationConfig(epochs=16).resolved_warmup_epochs == 4
     with pytest.raises(SystemExit):
         job.build_parser().parse_args(["--augmentation", "rrc"])
 
@@ -96,6 +97,8 @@ def test_cli_flags_come_from_the_config():
         {"seeds": (1, 1)},
         {"epochs": 0},
         {"train_rows": 0},
+        {"epochs": 8, "warmup_epochs": 4},  # would still ramp when the rate is first divided
+        {"warmup_epochs": -1},
     ],
 )
 def test_bad_configs_are_refused(kwargs):
@@ -163,10 +166,22 @@ def test_each_net_gets_the_scaled_recipe_on_the_platforms_training_path(tmp_path
         0.9,
         1e-4,
     )
-    assert c.error_warmup_lr == 0.01 and c.augmentation == "none" and c.seed == 2 and not c.resume
+    assert c.augmentation == "none" and c.seed == 2 and not c.resume
     assert c.name == "cifar_resnet56-seed2" and c.storage == f"{tmp_path / 'runs'}/g"
+    # The rate every epoch gets, from the schedule the training loop steps (train/optim.py): a ramp
+    # from 0.01 over the first quarter, then the recipe's 0.1 /10 at epochs 4 and 6.
+    resnet_rates = [round(c.lr * lr_factor(e, c), 6) for e in range(c.epochs)]
+    assert resnet_rates == [0.01, 0.055, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    assert c.error_warmup_lr is None  # the ramp replaces the paper's 0.01-until-80% rule
     degradation.train_net(cfg, "cifar_plain56", seed=0)
-    assert seen["digits"].error_warmup_lr is None  # plain nets never warm up
+    plain = seen["digits"]
+    assert [round(plain.lr * lr_factor(e, plain), 6) for e in range(8)] == resnet_rates  # every net alike
+
+    letter = replace(cfg, warmup_epochs=0, depths=(20, 110))  # the paper's recipe: 0.01 until 80%, 110 only
+    degradation.train_net(letter, "cifar_resnet110", seed=0)
+    assert seen["digits"].error_warmup_lr == 0.01 and seen["digits"].warmup_epochs == 0
+    degradation.train_net(letter, "cifar_resnet20", seed=0)
+    assert seen["digits"].error_warmup_lr is None and seen["digits"].warmup_epochs == 0
 
     (tmp_path / "runs" / "g" / "cifar_plain20-seed0").mkdir(parents=True)  # a retried trial
     shards = str(tmp_path / "shards")
@@ -182,7 +197,7 @@ def test_each_net_gets_the_scaled_recipe_on_the_platforms_training_path(tmp_path
     r = degradation.train_net(cfg, "cifar_plain20", seed=0)
     c = seen["prepared"]
     assert c.data == shards and c.epochs == 8 and c.lr_milestones == (4, 6) and c.augmentation == "pad-crop"
-    assert c.resume and c.error_warmup_lr is None and r.result.params > 0
+    assert c.resume and c.warmup_epochs == 2 and c.error_warmup_lr is None and r.result.params > 0
 
 
 def test_verdict_on_means_and_seed_by_seed():

@@ -22,12 +22,16 @@ set, with the demo's seeded 80/20 split and bilinear upsampling (``data/digits.p
 like a CIFAR archive; or a CIFAR-10 archive or folder; or a data set prepared by
 ``jobs/prepare_imagenet.py`` (streamed from its Parquet shards).
 
-Warm-up: the paper starts ResNet-110 at lr 0.01 until its training error is below 80% ("0.1 is
-slightly too large to start converging"); ``recipe.cifar_config`` applies that from depth 110. At
-the budgets this job is meant for, ResNet-56 shows the same early divergence at 0.1 (BENCHMARKS.md,
-"Degradation at small scale"), so ``warmup_depth`` (default 56) extends the paper's warm-up to the
-ResNets at least that deep; ``--warmup-depth 110`` is the paper's recipe to the letter. Plain nets
-never get it (the paper does not warm them up).
+Warm-up: every net's rate ramps linearly from 0.01 (the rate of the paper's ResNet-110 warm-up) to
+0.1 over the first quarter of the epochs (``warmup_epochs``; Goyal et al.'s gradual warm-up, the
+training loop's ``warmup_epochs`` with ``warmup_start_factor``), then follows the recipe. The paper
+instead keeps ResNet-110 at 0.01 until its training error is below 80% ("about 400 iterations") and
+then jumps to 0.1. An epoch of the digits is 12 iterations: that rule ends after a handful of them,
+and at the jump ResNet-56's loss spiked to 3-10 and the seeds that spiked hardest lagged for the
+rest of the budget (BENCHMARKS.md, "Degradation at small scale"), so the job ramps instead, and ramps
+every net alike, plain ones included: a deeper plain net that still trains worse cannot be blamed
+on a missing warm-up. ``--warmup-epochs 0`` is the paper's recipe to the letter (no warm-up below
+110 layers, its 0.01-until-80% rule from 110).
 """
 
 from __future__ import annotations
@@ -96,10 +100,11 @@ class DegradationConfig:
     epochs: int = setting(12, "the budget: epochs per net; lr /10 at 1/2 and 3/4 of them", group="recipe")
     batch_size: int = setting(128, "global batch per net (the paper's 128)", group="recipe")
     lr: float = setting(0.1, "initial learning rate (the paper's 0.1)", group="recipe")
-    warmup_depth: int | None = setting(
-        56,
-        f"ResNets at least this deep start at lr {WARMUP_LR} until their training error is below 80%% "
-        "(the paper: 110 only)",
+    warmup_epochs: int | None = setting(
+        None,
+        f"epochs over which every net's lr ramps linearly from {WARMUP_LR} to --lr (Goyal et al.'s gradual "
+        "warm-up); default: a quarter of --epochs; 0: the paper's recipe to the letter (no warm-up below "
+        f"110 layers; from 110, lr {WARMUP_LR} until the training error is below 80%%)",
         group="recipe",
     )
     augmentation: str | None = setting(
@@ -151,6 +156,11 @@ class DegradationConfig:
             raise ValueError(f"unknown augmentation {self.augmentation!r}; valid: {', '.join(AUGMENTATIONS)}")
         if self.margin < 0:
             raise ValueError(f"margin must not be negative, got {self.margin}")
+        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < max(1, round(self.epochs / 2)):
+            raise ValueError(
+                f"warm-up epochs must be at least 0 and end before the first lr division (epoch "
+                f"{max(1, round(self.epochs / 2))} of {self.epochs}), got {self.warmup_epochs}"
+            )
         self.archs  # noqa: B018  (unknown depths fail here, listing the valid nets)
 
     @property
@@ -166,10 +176,22 @@ class DegradationConfig:
             return self.augmentation
         return "none" if self.data == DIGITS else "pad-crop"
 
-    def warmup_lr_for(self, arch: str) -> float | None:
-        spec = get_spec(arch)
-        deep = self.warmup_depth is not None and spec.depth >= self.warmup_depth
-        return WARMUP_LR if spec.residual and deep else None
+    @property
+    def resolved_warmup_epochs(self) -> int:
+        return self.epochs // 4 if self.warmup_epochs is None else self.warmup_epochs
+
+    def warmup_overrides(self) -> dict[str, Any]:
+        """The TrainConfig fields of the warm-up, the same for every net: the training loop's linear
+        warm-up from ``WARMUP_LR`` (``train/optim.py``, ``lr_factor``), and no error-threshold
+        warm-up; none at 0 epochs, where ``recipe.cifar_config`` applies the paper's own rule."""
+        epochs = self.resolved_warmup_epochs
+        if epochs == 0:
+            return {}
+        return {
+            "warmup_epochs": epochs,
+            "warmup_start_factor": min(1.0, WARMUP_LR / self.lr),
+            "error_warmup_lr": None,
+        }
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -259,9 +281,7 @@ def train_net(cfg: DegradationConfig, arch: str, seed: int) -> SeedResult:
         experiment=cfg.experiment,
         tracking_uri=cfg.tracking_uri,
     )
-    warmup = cfg.warmup_lr_for(arch)
-    if warmup is not None:
-        overrides["error_warmup_lr"] = warmup
+    overrides.update(cfg.warmup_overrides())
     if data_source(cfg.data) == "prepared":
         from resnet_platform.data.manifest import read_manifest
         from resnet_platform.train.main import train_and_track
@@ -597,10 +617,11 @@ def run_degradation(cfg: DegradationConfig) -> DegradationOutcome:
 
 def budget_note(cfg: DegradationConfig, results: list[SeedResult], wall_s: float) -> str:
     steps = max((int(h["step"]) for r in results for h in r.result.history[-1:]), default=0)
+    w = cfg.resolved_warmup_epochs
     warm = (
-        f"ResNets of {cfg.warmup_depth}+ layers start at lr {WARMUP_LR} until training error < 80%"
-        if cfg.warmup_depth is not None
-        else "no warm-up below the recipe's 110 layers"
+        f"every net's lr ramps linearly from {WARMUP_LR:g} over the first {w} epoch{'s' if w != 1 else ''}"
+        if w
+        else f"no warm-up below 110 layers (from 110: lr {WARMUP_LR:g} until training error < 80%)"
     )
     return (
         f"Data: {cfg.data}{f' ({cfg.digits_size}x{cfg.digits_size})' if cfg.data == DIGITS else ''}"
