@@ -262,22 +262,28 @@ def test_outputs_from_made_up_results(tmp_path):
 
 @pytest.mark.slow
 def test_degradation_job_at_a_tiny_budget(tmp_path, ray_local, mlflow_server):
-    """The whole job (CLI, Tune grid, Ray Train, MLflow) on 64 digits at 8x8 for one epoch: the
-    outputs exist and are well formed. In-process on the session's Ray (2 CPUs); 4 nets at once."""
+    """The whole job (CLI, Tune grid, Ray Train, MLflow) on 64 digits at 8x8 for four epochs: the
+    outputs exist and are well formed, and every net trained at the recipe's rates with the warm-up.
+    In-process on the session's Ray (2 CPUs); 4 nets at once."""
     from mlflow import MlflowClient
 
     out = tmp_path / "out"
     rc = load_job().main(
         [
-            "--train-rows", "64", "--digits-size", "8", "--epochs", "1", "--seeds", "0",
+            "--train-rows", "64", "--digits-size", "8", "--epochs", "4", "--warmup-epochs", "1", "--seeds", "0",
             "--batch-size", "32", "--max-concurrent-trials", "4", "--cpus-per-worker", "0.2",
             "--storage", str(tmp_path / "runs"), "--name", "tiny", "--output", str(out),
             "--tracking-uri", mlflow_server.uri, "--experiment", "degradation-test",
         ]
     )  # fmt: skip
     assert rc == 0
-    results = check_outputs(out, epochs=1, seeds=1)
+    results = check_outputs(out, epochs=4, seeds=1)
     assert all(t["result"]["history"][0]["step"] == 2 for t in results["trials"])  # 64 rows / batch 32
+    # The rate each epoch trained at, as the training loop logged it: the warm-up's 0.01 for plain and
+    # residual nets alike, then 0.1 divided by 10 at 1/2 and 3/4 of the epochs.
+    for trial in results["trials"]:
+        rates = [round(h["lr"], 6) for h in trial["result"]["history"]]
+        assert rates == [0.01, 0.1, 0.01, 0.001], (trial["result"]["arch"], rates)
 
     client = MlflowClient(mlflow_server.uri)
     runs = client.search_runs([client.get_experiment_by_name("degradation-test").experiment_id])
