@@ -17,12 +17,12 @@ net is also its own tracked run.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
+from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.data.checks import DataCheckError
 from resnet_platform.paper.degradation import FLAG_GROUPS, DegradationConfig, run_degradation
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
@@ -34,13 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups = add_flags(p, DegradationConfig, groups=FLAG_GROUPS)
     groups["output"].add_argument("--no-mlflow", action="store_true", help="do not track the grid")
+    add_verbose_flag(groups["output"])
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_output(args.verbose)
     try:
         config = DegradationConfig(track=not args.no_mlflow, **values_from_args(args, DegradationConfig))
     except ValueError as err:

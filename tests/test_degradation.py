@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,8 @@ from resnet_platform.paper.degradation import (
     SeedResult,
     data_source,
     summarize,
+    trial_label,
+    trial_outcome,
     verdict,
     write_outputs,
 )
@@ -212,6 +215,14 @@ def test_verdict_on_means_and_seed_by_seed():
     assert not verdict(summarize(_results(no_degradation)), margin=0.01)["ordering_holds"]
 
 
+def test_progress_lines_name_the_net_and_what_it_reached():
+    assert trial_label({"arch": "cifar_plain56", "seed": 2}) == "plain-56 seed 2"
+    assert trial_label({"arch": "cifar_resnet110", "seed": 0}) == "ResNet-110 seed 0"
+    reached = {"train_error": 0.0035, "test_error": 0.0195, "time_total_s": 95.2}
+    assert trial_outcome(reached) == "training error 0.35%, test error 1.95% (95 s)"
+    assert trial_outcome({}) == "finished"  # a trial that reported nothing
+
+
 def check_outputs(out: Path, *, epochs: int, seeds: int) -> dict:
     """What the job writes: the figure (two panels with data), the table (4 rows), results.json."""
     png = out / "figure6.png"
@@ -261,29 +272,38 @@ def test_outputs_from_made_up_results(tmp_path):
 
 
 @pytest.mark.slow
-def test_degradation_job_at_a_tiny_budget(tmp_path, ray_local, mlflow_server):
-    """The whole job (CLI, Tune grid, Ray Train, MLflow) on 64 digits at 8x8 for four epochs: the
+def test_degradation_job_at_a_tiny_budget(tmp_path, ray_local, mlflow_server, caplog, capsys):
+    """The whole job (CLI, Tune grid, Ray Train, MLflow) on 64 digits at 8x8 for three epochs: the
     outputs exist and are well formed, and every net trained at the recipe's rates with the warm-up.
-    In-process on the session's Ray (2 CPUs); 4 nets at once."""
+    The console shows the job's own line per trial, not Tune's tables. In-process on the session's
+    Ray (2 CPUs); 4 nets at once."""
     from mlflow import MlflowClient
 
+    caplog.set_level(logging.INFO, logger="resnet_platform.tune.trials")  # its handler, too, at INFO
     out = tmp_path / "out"
     rc = load_job().main(
         [
-            "--train-rows", "64", "--digits-size", "8", "--epochs", "4", "--warmup-epochs", "1", "--seeds", "0",
+            "--train-rows", "64", "--digits-size", "8", "--epochs", "3", "--warmup-epochs", "1", "--seeds", "0",
             "--batch-size", "32", "--max-concurrent-trials", "4", "--cpus-per-worker", "0.2",
             "--storage", str(tmp_path / "runs"), "--name", "tiny", "--output", str(out),
             "--tracking-uri", mlflow_server.uri, "--experiment", "degradation-test",
         ]
     )  # fmt: skip
     assert rc == 0
-    results = check_outputs(out, epochs=4, seeds=1)
+    printed = capsys.readouterr()
+    assert "Trial status" not in printed.out + printed.err  # Tune's tables are off without --verbose
+    lines = [r.getMessage() for r in caplog.records if r.name == "resnet_platform.tune.trials"]
+    for label in LABELS:
+        assert f"{label} seed 0: started" in lines
+        assert any(line.startswith(f"{label} seed 0: training error ") for line in lines), lines
+    assert any(line.endswith("(4 of 4 done)") for line in lines)
+    results = check_outputs(out, epochs=3, seeds=1)
     assert all(t["result"]["history"][0]["step"] == 2 for t in results["trials"])  # 64 rows / batch 32
     # The rate each epoch trained at, as the training loop logged it: the warm-up's 0.01 for plain and
-    # residual nets alike, then 0.1 divided by 10 at 1/2 and 3/4 of the epochs.
+    # residual nets alike, then 0.1, divided by 100 by the third epoch (1/2 and 3/4 of 3 round to 2).
     for trial in results["trials"]:
         rates = [round(h["lr"], 6) for h in trial["result"]["history"]]
-        assert rates == [0.01, 0.1, 0.01, 0.001], (trial["result"]["arch"], rates)
+        assert rates == [0.01, 0.1, 0.001], (trial["result"]["arch"], rates)
 
     client = MlflowClient(mlflow_server.uri)
     runs = client.search_runs([client.get_experiment_by_name("degradation-test").experiment_id])

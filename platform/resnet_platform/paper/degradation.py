@@ -567,11 +567,27 @@ class DegradationOutcome:
     summary_run_id: str | None = None
 
 
+def trial_label(params: dict) -> str:
+    """``plain-56 seed 0``: a trial of the grid by its net and seed."""
+    spec = get_spec(params["arch"])
+    return f"{'ResNet' if spec.residual else 'plain'}-{spec.depth} seed {params['seed']}"
+
+
+def trial_outcome(result: dict) -> str:
+    """What a finished trial reached (its reported metrics), for its progress line."""
+    if "train_error" not in result:
+        return "finished"
+    return (
+        f"training error {_pct(result['train_error'])}%, test error {_pct(result['test_error'])}% "
+        f"({result.get('time_total_s', 0):.0f} s)"
+    )
+
+
 def run_degradation(cfg: DegradationConfig) -> DegradationOutcome:
     """Train the grid (nets x seeds) with Ray Tune, then write and log the figure and the tables."""
     from ray import tune
 
-    from resnet_platform.train.runner import ensure_ray
+    from resnet_platform.console import ensure_ray, is_verbose
     from resnet_platform.tune import trials
 
     started = time.monotonic()
@@ -599,7 +615,13 @@ def run_degradation(cfg: DegradationConfig) -> DegradationOutcome:
         trials.trainable(degradation_trial, cfg=cfg),
         param_space={"arch": tune.grid_search(cfg.archs), "seed": tune.grid_search(list(cfg.seeds))},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
-        run_config=trials.run_config(f"{name}-tune", store, max_failures=cfg.trial_retries),
+        run_config=trials.run_config(
+            f"{name}-tune",
+            store,
+            max_failures=cfg.trial_retries,
+            verbose=1 if is_verbose() else 0,  # the job's own lines instead of Tune's tables
+            callbacks=[trials.trial_lines(trial_label, trial_outcome, len(cfg.archs) * len(cfg.seeds))],
+        ),
     )
     grid = tuner.fit()
     results, failed = [], []

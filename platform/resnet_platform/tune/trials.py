@@ -9,12 +9,15 @@
   its layer responses) as files in the trial's checkpoint (:func:`report`).
 - **Read back** through the ``ResultGrid``'s public API: ``Result.metrics`` (``trial_id``, ``done``),
   ``.config``, ``.metrics_dataframe``, ``.checkpoint``, ``.error`` (:func:`trial_id`, :func:`read_file`).
+- **Progress**: a job that silences Tune's status tables (``run_config(verbose=0)``) logs one line of
+  its own per trial as it starts and ends (:func:`trial_lines`).
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,8 @@ from resnet_platform import storage
 # A trial holds almost nothing (0 is refused); its Ray Train workers reserve their own CPUs/GPUs,
 # so max concurrent trials x workers per trial must fit the cluster.
 TRIAL_RESOURCES = {"CPU": 0.01}
+
+log = logging.getLogger(__name__)
 
 
 def trainable(fn: Callable[..., None], **fixed: Any):
@@ -33,10 +38,13 @@ def trainable(fn: Callable[..., None], **fixed: Any):
     return tune.with_resources(tune.with_parameters(fn, **fixed), TRIAL_RESOURCES)
 
 
-def run_config(name: str, storage_uri: str, *, max_failures: int = 0):
+def run_config(
+    name: str, storage_uri: str, *, max_failures: int = 0, verbose: int = 1, callbacks: Sequence[Any] = ()
+):
     """Tune's RunConfig: the experiment ``name`` under ``storage_uri`` (path or s3://); a failed
     trial is retried ``max_failures`` times (default none: its Ray Train run has its own
-    ``max_failures``)."""
+    ``max_failures``). ``verbose``: Tune's own output (0: none, 1: its status tables and a box per
+    trial); ``callbacks``: Tune callbacks (:func:`trial_lines`)."""
     from ray import tune
 
     fs, root = storage.resolve(storage_uri)
@@ -45,8 +53,39 @@ def run_config(name: str, storage_uri: str, *, max_failures: int = 0):
         storage_path=root,
         storage_filesystem=fs,
         failure_config=tune.FailureConfig(max_failures=max_failures),
-        verbose=1,
+        verbose=verbose,
+        callbacks=list(callbacks),
     )
+
+
+def trial_lines(label: Callable[[dict], str], outcome: Callable[[dict], str], total: int):
+    """A Tune callback logging one line per trial as it starts and as it ends (or fails): the job's
+    progress in place of Tune's tables. ``label(config)`` names the trial (``plain-56 seed 0``);
+    ``outcome(last_result)`` says what it reached."""
+    from ray import tune
+
+    class TrialLines(tune.Callback):
+        def __init__(self) -> None:
+            self.ended = 0
+
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            log.info("%s: started", label(trial.config))
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self.ended += 1
+            log.info(
+                "%s: %s (%d of %d done)",
+                label(trial.config),
+                outcome(trial.last_result or {}),
+                self.ended,
+                total,
+            )
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self.ended += 1
+            log.warning("%s: failed (%d of %d done)", label(trial.config), self.ended, total)
+
+    return TrialLines()
 
 
 def report(metrics: Mapping[str, float], files: Mapping[str, str]) -> None:
