@@ -49,7 +49,7 @@ from typing import Any
 from resnet_platform.models import get_spec
 from resnet_platform.settings import setting
 
-from .tables import PAPER_RESNET_ERROR, TrialResult, plot_figure6
+from .tables import PAPER_RESNET_ERROR, TrialResult, net_label, plot_figure6
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,11 @@ class DegradationConfig:
             raise ValueError(f"unknown augmentation {self.augmentation!r}; valid: {', '.join(AUGMENTATIONS)}")
         if self.margin < 0:
             raise ValueError(f"margin must not be negative, got {self.margin}")
-        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < max(1, round(self.epochs / 2)):
+        first_division = max(1, round(self.epochs / 2))  # recipe.cifar_config's first milestone
+        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < first_division:
             raise ValueError(
                 f"warm-up epochs must be at least 0 and end before the first lr division (epoch "
-                f"{max(1, round(self.epochs / 2))} of {self.epochs}), got {self.warmup_epochs}"
+                f"{first_division} of {self.epochs}), got {self.warmup_epochs}"
             )
         self.archs  # noqa: B018  (unknown depths fail here, listing the valid nets)
 
@@ -349,7 +350,7 @@ class NetSummary:
 
     @property
     def label(self) -> str:
-        return f"{'ResNet' if self.residual else 'plain'}-{self.depth}"
+        return net_label(self.arch)
 
     @property
     def train_error(self) -> float:
@@ -569,8 +570,7 @@ class DegradationOutcome:
 
 def trial_label(params: dict) -> str:
     """``plain-56 seed 0``: a trial of the grid by its net and seed."""
-    spec = get_spec(params["arch"])
-    return f"{'ResNet' if spec.residual else 'plain'}-{spec.depth} seed {params['seed']}"
+    return f"{net_label(params['arch'])} seed {params['seed']}"
 
 
 def trial_outcome(result: dict) -> str:

@@ -22,6 +22,12 @@ PAPER_RESNET110_MEAN = "6.61 ± 0.16"
 PAPER_PLAIN_NOTE = "higher than plain-20 (Fig. 6, left)"
 
 
+def net_label(arch: str) -> str:
+    """``plain-56``, ``ResNet-110``: a CIFAR net as the paper names it."""
+    spec = get_spec(arch)
+    return f"{'ResNet' if spec.residual else 'plain'}-{spec.depth}"
+
+
 @dataclass
 class TrialResult:
     """One trained net: what Table 6 and Figure 6 need."""
@@ -44,7 +50,7 @@ class TrialResult:
 
     @property
     def label(self) -> str:
-        return f"{'ResNet' if self.residual else 'plain'}-{self.depth}"
+        return net_label(self.arch)
 
 
 def _pct(x: float | None) -> str:
