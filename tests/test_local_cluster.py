@@ -241,11 +241,13 @@ class LocalCluster:
     tree: set[int] = field(default_factory=set)  # every process of the cluster, right after start
 
 
-# Session scope and the module's xdist_group: one cluster start per run of the suite, in the one
-# pytest process that runs this module (it started twice while the groups were ignored: conftest).
-@pytest.fixture(scope="session")
+# Module scope and the module's xdist_group: one cluster start per run of the suite, in the one
+# pytest process that runs this module (it started twice while the groups were ignored: conftest),
+# stopped when the module ends: idle, its four Ray node processes, moto and MLflow took ~9% of a core
+# (5.4 CPU-s a minute, measured), which the rest of the suite's tests could use.
+@pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory):
-    """infra/local/start-cluster.sh once for this module's tests (session-scoped); at the end stop-cluster.sh, which
+    """infra/local/start-cluster.sh once for this module's tests; at the end stop-cluster.sh, which
     must stop every process it started (and only those), remove its state and Ray's temp dirs, and
     leave no port answering."""
     state = tmp_path_factory.mktemp("local-cluster") / "state"

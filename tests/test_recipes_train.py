@@ -30,12 +30,13 @@ def test_resume_is_exact_with_every_technique_on(digits_shards, ray_local, tmp_p
     separate eval size: an interrupted and resumed run ends with the uninterrupted run's weights and
     EMA, bit for bit (one worker, ordered data). The platform's only resume-to-the-same-weights test:
     the plain loop's path (no technique on) is a subset of this one."""
+    # 16 px, the digits' size in test_train: a quarter of 32 px's compute, over three runs.
     techniques = dict(
         num_workers=1, batch_size=64, epochs=2, deterministic=True, shuffle_buffer=0,
         mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1, ema=True, ema_steps=2, ema_decay=0.999,
         grad_accum_steps=2, image_size=16, progressive_min_size=8, progressive_ramp=(0.0, 0.5),
         progressive_step=8, val_image_size=16, register_ema=True,
-    )  # fmt: skip  (16 px, the digits' size in test_train: a quarter of 32 px's compute, three runs)
+    )  # fmt: skip
     reference = run_training(small_config(digits_shards, tmp_path, name="straight", **techniques))
     assert [int(h["train_image_size"]) for h in reference.history] == [8, 16]
     assert all("ema_val_top1_error" in h for h in reference.history)
