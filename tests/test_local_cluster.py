@@ -508,11 +508,12 @@ class _SpotNode:
         self.proc, self.temp_dir, self.tree = None, None, set()
 
 
-DRILL_DEADLINE_S = 15  # the spot notice: the node goes this long after the drain
+DRILL_DEADLINE_S = 10  # the spot notice: the node goes this long after the drain
 # Ray Train restarts the group when the drained node dies, not at the notice, so the run must still be
-# training then: 4 epochs are left after the drain (epoch 1 ends it); at ~240 img/s on a quiet machine,
-# about 25 s against the reclaim at DRILL_DEADLINE_S + 3. With 3 epochs the run could end first (stop 24).
-DRILL_EPOCHS = 5
+# training then: 3 epochs are left after the drain (epoch 1 ends it), at ~240 img/s on a quiet machine
+# about 21 s, against the reclaim at DRILL_DEADLINE_S + 3 (or later: after the preemption checkpoint
+# and the replacement node's start). With 2 left and a 15 s notice a quiet run ended first (stop 24).
+DRILL_EPOCHS = 4
 # Every rank logs where it resumed, and any rank's line will do: Ray 2.60's driver dedups worker lines
 # that differ only in their numbers (ray/_private/ray_logging: _canonicalise_log_line), so it prints
 # the first rank's line and folds the others into "[repeated Nx across cluster]"; rank 0's may be the
