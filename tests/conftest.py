@@ -45,10 +45,10 @@ def slow_modules_first(items: list) -> None:
     """Send the modules that hold slow tests first, the fast-only modules last.
 
     ``--dist loadgroup`` hands out work in collection order (groups first, the largest first), so
-    the suite ends when the process that drew the last long test finishes it, while the other
-    waits idle: in file order that was a late module's 1-3 minute run. With the fast-only modules
-    (about 4 minutes of work between the two processes) at the end, both processes run until
-    nearly the same moment. Whole modules move, in their own order, so a module fixture is not
-    built once for its slow tests and again for its fast ones."""
+    the suite ends when the process that drew the last long test finishes it, while the other may
+    wait idle; in file order late modules hold 1-2 minute runs (tracking faults, train). With the
+    fast-only modules (about 4 minutes of work for the two processes) at the end, there is short
+    work left to even the two out. Whole modules move, in their own order, so a module fixture is
+    not built once for its slow tests and again for its fast ones."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)  # stable: file order within each part
