@@ -156,9 +156,7 @@ class DegradationConfig:
             raise ValueError(f"unknown augmentation {self.augmentation!r}; valid: {', '.join(AUGMENTATIONS)}")
         if self.margin < 0:
             raise ValueError(f"margin must not be negative, got {self.margin}")
-        from .recipe import milestones_at  # the training stack: imported once a grid is configured
-
-        first_division = milestones_at(self.epochs)[0]
+        first_division = max(1, round(self.epochs / 2))  # recipe.cifar_config's first milestone
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < first_division:
             raise ValueError(
                 f"warm-up epochs must be at least 0 and end before the first lr division (epoch "

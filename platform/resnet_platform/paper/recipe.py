@@ -59,14 +59,6 @@ def schedule_in_epochs(
     return max(1, round(iterations / steps)), tuple(max(1, round(m / steps)) for m in milestones)
 
 
-def milestones_at(
-    epochs: int, iterations: int = PAPER_ITERATIONS, milestones: tuple[int, ...] = PAPER_MILESTONES
-) -> tuple[int, ...]:
-    """The epochs at which the lr is divided when training lasts ``epochs``: the paper's milestones
-    kept at their fractions of its ``iterations`` (1/2 and 3/4)."""
-    return tuple(max(1, round(epochs * m / iterations)) for m in milestones)
-
-
 def cifar_config(
     data: str,
     *,
@@ -83,7 +75,7 @@ def cifar_config(
     if epochs is None:
         epochs, ms = schedule_in_epochs(train_rows, values["batch_size"], iterations, milestones)
     else:
-        ms = milestones_at(epochs, iterations, milestones)
+        ms = tuple(max(1, round(epochs * m / iterations)) for m in milestones)
     values.setdefault("epochs", epochs)
     values.setdefault("lr_milestones", ms)
     spec = get_spec(arch)

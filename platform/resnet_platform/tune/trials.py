@@ -44,8 +44,7 @@ def run_config(
     """Tune's RunConfig: the experiment ``name`` under ``storage_uri`` (path or s3://); a failed
     trial is retried ``max_failures`` times (default none: its Ray Train run has its own
     ``max_failures``). ``verbose``: Tune's own output (1: its status tables and a box per trial; 0:
-    neither, though Ray 2.60 still prints the experiment's configuration box at the start);
-    ``callbacks``: Tune callbacks (:func:`trial_lines`)."""
+    neither, though Ray 2.60 still prints the experiment's configuration box at the start); ``callbacks``: Tune callbacks (:func:`trial_lines`)."""
     from ray import tune
 
     fs, root = storage.resolve(storage_uri)
