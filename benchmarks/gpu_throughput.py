@@ -37,7 +37,7 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
 def make_step(model, device, amp_dtype, channels_last: bool):
-    from resnet_platform.train.loop import Normalizer
+    from resnet_platform.train.device import Normalizer
 
     normalize = Normalizer(device, channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)

@@ -147,7 +147,8 @@ def test_prepared_split_from_registry_error_and_mlflow(
     ray_local, registered_digits_model, digits_shards, tmp_path
 ):
     from resnet_platform.data.pipeline import TransformConfig, build_split_dataset
-    from resnet_platform.train.loop import Normalizer, evaluate
+    from resnet_platform.train.device import Normalizer
+    from resnet_platform.train.epoch import evaluate
 
     reg = registered_digits_model
     client = MlflowClient(reg.tracking_uri)

@@ -224,10 +224,10 @@ def test_resnet110_low_rate_ends_at_the_first_step_whose_batch_error_is_below_80
 
 
 def test_the_training_loop_ends_the_low_rate_phase_mid_epoch():
-    """``train_one_epoch`` reads each step's batch error while the phase lasts: a net that fits its
+    """``WorkerRun.train_epoch`` reads each step's batch error while the phase lasts: a net that fits its
     batches at once leaves the low rate after its first step, inside the first epoch."""
-    from resnet_platform.train.checkpoint import TrainingState
-    from resnet_platform.train.loop import Normalizer, WorkerContext, train_one_epoch
+    from resnet_platform.train.device import Normalizer
+    from resnet_platform.train.worker_run import WorkerRun
 
     torch.manual_seed(0)
     config = _warmup_config(batch_size=8)
@@ -243,13 +243,9 @@ def test_the_training_loop_ends_the_low_rate_phase_mid_epoch():
     schedule = EpochSchedule(optimizer, config)
     rates = []
     optimizer.register_step_post_hook(lambda opt, *_: rates.append(opt.param_groups[0]["lr"]))
-    ctx = WorkerContext(0, 1, TrainingState(), None)
     batches = [{"image": images, "label": labels}] * 3
-    cpu = torch.device("cpu")
-    train_one_epoch(
-        model, batches, torch.nn.CrossEntropyLoss(), optimizer, None, None, Normalizer(cpu, False),
-        cpu, config, ctx, schedule=schedule,
-    )  # fmt: skip
+    run = WorkerRun(config, model, optimizer, schedule, Normalizer(torch.device("cpu"), False))
+    run.train_epoch(batches)
     assert not schedule.error_warmup
     assert rates == pytest.approx([0.01, 0.1, 0.1])  # the first step at the low rate, then the schedule's
 

@@ -68,8 +68,8 @@ def test_the_import_walk_sees_relative_and_function_level_imports():
     probe = PACKAGE / "tracking" / "runs.py"
     found = {m for m, _ in imports(probe)}
     assert {"mlflow", "resnet_platform.tracking.limits", "resnet_platform.tracking.params"} <= found
-    loop = {m for m, _ in imports(PACKAGE / "train" / "loop.py")}
-    assert "resnet_platform.tracking.worker_logger" in loop  # imported inside a function
+    run = {m for m, _ in imports(PACKAGE / "train" / "worker_run.py")}
+    assert "resnet_platform.tracking.worker_logger" in run  # imported inside a function
 
 
 JOBS = sorted(p for p in (REPO / "jobs").glob("*.py") if p.name != "_bootstrap.py")

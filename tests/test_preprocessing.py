@@ -25,7 +25,8 @@ from resnet_platform.data.transforms import NORMALIZATION_STATS, eval_preprocess
 from resnet_platform.models import build_model
 from resnet_platform.tracking import ModelSpec, Preprocess, save_resnet_model
 from resnet_platform.train.config import TrainConfig
-from resnet_platform.train.loop import Normalizer, transform_config_of
+from resnet_platform.train.device import Normalizer
+from resnet_platform.train.worker_data import transform_config_of
 
 ARCH = "cifar_resnet20"
 

@@ -23,13 +23,14 @@ from resnet_platform.train import TrainConfig
 from resnet_platform.train.accumulate import Accumulator, with_last
 from resnet_platform.train.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from resnet_platform.train.cli import config_from_args, parse_config
+from resnet_platform.train.device import Normalizer
 from resnet_platform.train.ema import ModelEma, adjusted_decay
-from resnet_platform.train.loop import Normalizer, epoch_batches, transform_config_of
 from resnet_platform.train.mixing import BatchMixer, MixDraw
 from resnet_platform.train.optim import EpochSchedule, build_optimizer
 from resnet_platform.train.recipes import RECIPES, describe, recipe_config
 from resnet_platform.train.resolution import eval_sizes, progressive_size, resize_batch, schedule
 from resnet_platform.train.techniques import WorkerTechniques
+from resnet_platform.train.worker_data import epoch_batches, transform_config_of
 
 # ------------------------------------------------------------------------------------ Mixup / CutMix
 

@@ -683,10 +683,9 @@ def test_register_ema_logs_the_ema_weights_with_their_errors_and_the_validation_
 
     from resnet_platform.data.manifest import Manifest, SplitManifest
     from resnet_platform.tracking import TrainingRun, load_model, version_metric
-    from resnet_platform.train.checkpoint import TrainingState, save_checkpoint
+    from resnet_platform.train.checkpoint import TrainingState, model_config_of, save_checkpoint
     from resnet_platform.train.config import TrainConfig
     from resnet_platform.train.ema import ModelEma
-    from resnet_platform.train.loop import model_config_of
     from resnet_platform.train.optim import EpochSchedule, build_optimizer
     from resnet_platform.train.run_record import describe_run, training_record
 

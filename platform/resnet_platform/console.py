@@ -22,6 +22,8 @@ import os
 import sys
 
 VERBOSE_ENV = "RESNET_PLATFORM_VERBOSE"
+# Whether the job's own stderr is a terminal: Ray workers have none, so the driver tells them.
+TERMINAL_ENV = "RESNET_PLATFORM_TERMINAL"
 PLATFORM_LOGGER = "resnet_platform"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SETUP_HOOK = "resnet_platform.console.setup_worker_output"
@@ -41,9 +43,22 @@ def is_verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
+def on_terminal() -> bool:
+    """Whether a person watches this job's output on a terminal (progress bars) or it goes to a file
+    (progress lines): the driver's stderr, passed to its Ray workers by :func:`inherited_env`."""
+    inherited = os.environ.get(TERMINAL_ENV)
+    if inherited is not None:
+        return inherited == "1"
+    return sys.stderr.isatty()
+
+
 def inherited_env(verbose: bool) -> dict[str, str]:
     """The environment that carries the output rules to other processes (Ray workers have no terminal)."""
-    env = {VERBOSE_ENV: "1" if verbose else "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env = {
+        VERBOSE_ENV: "1" if verbose else "0",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        TERMINAL_ENV: "1" if on_terminal() else "0",
+    }
     if not verbose:
         env["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read by MLflow when imported
     return env

@@ -62,6 +62,14 @@ class TrainingState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def model_config_of(config) -> dict[str, Any]:
+    """What ``build_model`` needs to rebuild the network (stored with every checkpoint)."""
+    options = {"stride": config.stride, "zero_init_residual": config.zero_init_residual}
+    if config.shortcut is not None:
+        options["shortcut"] = config.shortcut
+    return {"arch": config.arch, "num_classes": config.num_classes, "options": options}
+
+
 def save_checkpoint(
     directory: str | Path,
     *,

@@ -228,6 +228,15 @@ class TrainConfig:
     register_as: str | None = setting(None, "register the best model under this name", group="tracking")
     mlflow_run_id: str | None = setting(None, group="tracking", cli=False)  # set by the driver
     log_every_steps: int = setting(10, "steps between rank 0's step metrics", group="tracking")
+    # In-epoch progress from rank 0 (train/progress.py): a bar on a terminal, else these lines.
+    progress_every_s: float = setting(
+        60.0,
+        "output to a file: a progress line (step, img/s, ETA) every this many seconds; 0: none",
+        group="tracking",
+    )
+    progress_every_steps: int = setting(
+        0, "output to a file: also a progress line every this many steps; 0: none", group="tracking"
+    )
     # MLflow calls from the driver and rank 0 have deadlines; an outage never stops training.
     mlflow_timeout_s: int = setting(
         TrackingLimits.timeout_s, "seconds per MLflow request (one retry)", group="tracking"

@@ -29,8 +29,9 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data_config import ExactValidationDataConfig
 from .elastic import scaling_config
-from .loop import train_loop_per_worker, transform_config_of
+from .loop import train_loop_per_worker
 from .preemption import failure_config
+from .worker_data import transform_config_of
 
 if TYPE_CHECKING:  # MLflow and matplotlib stay out of processes that only build or run a trainer
     from resnet_platform.tracking.training_run import TrainingRun
