@@ -16,6 +16,8 @@ from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_SK
 from resnet_platform.settings import setting
 from resnet_platform.tracking.limits import TrackingLimits
 
+from .presets import RECIPE_NAMES, recipe_defaults
+
 LR_SCHEDULES = ("step", "plateau", "cosine")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
@@ -39,12 +41,6 @@ class FaultInjection:
     kind: str = "exit"
     rank: int = 0
     marker: str | None = None
-
-
-def _recipes() -> tuple[str, ...]:
-    from resnet_platform.train.recipes import RECIPE_NAMES
-
-    return RECIPE_NAMES
 
 
 def _auto_augments() -> tuple[str, ...]:
@@ -251,7 +247,7 @@ class TrainConfig:
         "paper",
         "preset of defaults: paper, torchvision-v2 (ResNet-50 80.9%%), fast (FFCV-like)",
         group="recipe",
-        choices=_recipes,
+        choices=RECIPE_NAMES,
     )
     auto_augment: str = setting(
         "none", "per-image automatic augmentation after the crop", group="recipe", choices=_auto_augments
@@ -335,9 +331,9 @@ class TrainConfig:
             raise ValueError("deterministic runs need augmentation 'none': random crops cannot be replayed")
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
         self.progressive_ramp = tuple(float(r) for r in self.progressive_ramp)
-        from resnet_platform.train import recipes, techniques
+        from resnet_platform.train import techniques
 
-        recipes.recipe_defaults(self.recipe)  # an unknown name fails here, listing the valid ones
+        recipe_defaults(self.recipe)  # an unknown name fails here, listing the valid ones
         techniques.check(self)
 
     @property
