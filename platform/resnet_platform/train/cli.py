@@ -11,6 +11,7 @@ import dataclasses
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
 
 from .config import FLAG_GROUPS, TrainConfig
+from .presets import RELATIVE_SIZES, relative_sizes
 from .recipes import RECIPES, recipe_defaults, recipe_of
 
 # Field defaults, read without building (and validating) a config.
@@ -20,6 +21,12 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 DATA_PATH_FLAGS = ("data_node_label", "data_node_resource", "decode", "prefetch_batches")
 # Limits on the data: the same flags on every job that reads prepared shards.
 DATA_LIMIT_FLAGS = ("max_image_pixels", "max_skipped_fraction")
+
+
+class PresetSize(int):
+    """A size the parser's default holds because the preset set it (argparse hands back a default
+    object unchanged): :func:`config_from_args` tells it from a flag the user gave, and scales it
+    with an overridden ``--image-size`` (``presets.relative_sizes``)."""
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -34,6 +41,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     groups = add_flags(
         p, TrainConfig, groups=FLAG_GROUPS, required=("data",), defaults=recipe_defaults(recipe)
     )
+    preset = RECIPES[recipe]
+    p.set_defaults(**{n: PresetSize(preset[n]) for n in ("image_size", *RELATIVE_SIZES) if n in preset})
     _both_switches(p, groups)
     groups["tracking"].add_argument("--no-mlflow", action="store_true", help="do not track this run")
     return p
@@ -61,4 +70,11 @@ def parse_config(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Nam
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**values_from_args(args, TrainConfig))
+    """The config the flags say; a preset's sizes follow an ``--image-size`` given on the command line
+    (``--recipe fast --image-size 32``: start 27, evaluation 43), unless given too."""
+    values = values_from_args(args, TrainConfig)
+    size = values.get("image_size")
+    if size is not None and not isinstance(size, PresetSize):
+        given = {n for n in RELATIVE_SIZES if not isinstance(values.get(n), PresetSize)}
+        values.update(relative_sizes(values.get("recipe", "paper"), size, given=given))
+    return TrainConfig(**{k: int(v) if isinstance(v, PresetSize) else v for k, v in values.items()})
