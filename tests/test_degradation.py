@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -317,3 +319,41 @@ def test_degradation_job_at_a_tiny_budget(tmp_path, ray_local, mlflow_server, ca
     }
     assert {f"train_error_{a}" for a in DegradationConfig().archs} <= set(summary.data.metrics)
     assert summary.data.metrics["ordering_holds"] in (0.0, 1.0)
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 5, 7, 8, 12, 13, 16, 164])
+def test_one_lr_division_formula_pins_cifar_config_and_the_warmup_check(epochs):
+    """``schedule.milestones_at`` is where both callers get the epochs of the lr divisions: the
+    recipe's step schedule, and the degradation job's rule that a warm-up ends before the first."""
+    from resnet_platform.paper.recipe import cifar_config
+    from resnet_platform.paper.schedule import milestones_at
+
+    divisions = milestones_at(epochs)
+    assert divisions == (max(1, round(epochs / 2)), max(1, round(epochs * 3 / 4)))  # 1/2 and 3/4
+    assert cifar_config("/d", train_rows=100, epochs=epochs).lr_milestones == divisions
+    first = divisions[0]
+    with pytest.raises(ValueError, match=f"first lr division \\(epoch {first} of {epochs}\\)"):
+        DegradationConfig(epochs=epochs, warmup_epochs=first)
+    assert DegradationConfig(epochs=epochs, warmup_epochs=first - 1).resolved_warmup_epochs == first - 1
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: 10-20 s on 2 busy cores
+def test_the_degradation_config_imports_no_training_stack():
+    """What 6aabccd's function-level ``from .recipe import milestones_at`` did: checking a config
+    imported paper/recipe.py and with it Ray Train, the tracking runs and MLflow. The formula now
+    lives in paper/schedule.py (no imports). In a fresh interpreter."""
+    code = (
+        "import sys\n"
+        "from resnet_platform.paper.degradation_config import DegradationConfig\n"
+        "DegradationConfig(epochs=8, warmup_epochs=3)\n"
+        "print(sorted(m for m in ('mlflow', 'ray.train', 'resnet_platform.paper.recipe') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "platform")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

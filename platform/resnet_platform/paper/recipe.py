@@ -24,11 +24,16 @@ from resnet_platform.train.config import TrainConfig
 from resnet_platform.train.runner import TrainingOutcome, run_training
 
 from .responses import LayerResponses, layer_responses, plot_layer_responses
+from .schedule import (  # noqa: F401  (re-exported: the recipe's numbers live in schedule.py)
+    PAPER_ITERATIONS,
+    PAPER_MILESTONES,
+    milestones_at,
+    schedule_in_epochs,
+    steps_per_epoch,
+)
 
 log = logging.getLogger(__name__)
 
-PAPER_ITERATIONS = 64_000
-PAPER_MILESTONES = (32_000, 48_000)
 CIFAR_RECIPE = dict(
     image_size=32,
     batch_size=128,
@@ -42,21 +47,6 @@ CIFAR_RECIPE = dict(
     shuffle_buffer=0,  # the ids are fully reshuffled every epoch already
     experiment="resnet-cifar10",
 )
-
-
-def steps_per_epoch(train_rows: int, batch_size: int) -> int:
-    return math.ceil(train_rows / batch_size)
-
-
-def schedule_in_epochs(
-    train_rows: int,
-    batch_size: int,
-    iterations: int = PAPER_ITERATIONS,
-    milestones: tuple[int, ...] = PAPER_MILESTONES,
-) -> tuple[int, tuple[int, ...]]:
-    """(epochs, milestone epochs) closest to the given iteration counts."""
-    steps = steps_per_epoch(train_rows, batch_size)
-    return max(1, round(iterations / steps)), tuple(max(1, round(m / steps)) for m in milestones)
 
 
 def cifar_config(
@@ -75,7 +65,7 @@ def cifar_config(
     if epochs is None:
         epochs, ms = schedule_in_epochs(train_rows, values["batch_size"], iterations, milestones)
     else:
-        ms = tuple(max(1, round(epochs * m / iterations)) for m in milestones)
+        ms = milestones_at(epochs, iterations, milestones)
     values.setdefault("epochs", epochs)
     values.setdefault("lr_milestones", ms)
     spec = get_spec(arch)
