@@ -1,6 +1,6 @@
 """infra/local/start-cluster.sh and stop-cluster.sh: a two-node Ray cluster, S3 and MLflow on 127.0.0.1,
-the README's `ray job submit` commands run against it end to end, and the spot drill (a third node
-drained for preemption during training). One cluster start for the module (the `local_cluster`
+the `ray job submit` commands of docs/cluster.md run against it end to end, and the spot drill (a
+third node drained for preemption during training). One cluster start for the module (the `local_cluster`
 fixture); its stop, and that it leaves nothing behind, is checked at the end of the session.
 
 The driver runs in a subprocess: this pytest process may already hold the session's in-process Ray.
@@ -351,7 +351,7 @@ def test_local_cluster_start_run_stop(local_cluster, tmp_path, digits_folder):
     assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
     assert f"ENV {s3} {mlflow}" in job.stdout
 
-    # The README's commands, literally: prepare into the bucket, then train from it, as jobs.
+    # docs/cluster.md's commands, literally: prepare into the bucket, then train from it, as jobs.
     _prepare_train_register(cluster_env, digits_folder.root)
     # (stop-cluster.sh, and that it leaves nothing behind: the fixture, when the module is done)
 
