@@ -164,3 +164,27 @@ def test_the_pipelines_task_modules_import_torch_only_when_a_function_runs():
     )
     out = _run_fresh(code)
     assert out.stdout.strip() == "False True (16, 16, 3)"
+
+
+def test_data_modules_import_each_other_without_a_circle():
+    """checks -> skip_ledger <- shard_reader <- pipeline, and so on: each module can be read (and
+    changed) knowing only the ones below it."""
+    modules = {p.stem: p for p in sources("data") if p.stem != "__init__"}
+    graph = {
+        name: {m.rsplit(".", 1)[-1] for m, _ in imports(path) if m.startswith("resnet_platform.data.")}
+        & set(modules)
+        for name, path in modules.items()
+    }
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node] - {node}):
+            assert state.get(nxt) != 1, "import circle: " + " -> ".join([*trail, node, nxt])
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])

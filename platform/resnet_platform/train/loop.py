@@ -37,6 +37,7 @@ from . import elastic
 from .accumulate import Accumulator, with_last
 from .checkpoint import TrainingState, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig
+from .data_wait import watched
 from .metrics import all_reduce_max, all_reduce_sum, topk_correct
 from .optim import EpochSchedule, build_optimizer
 from .preemption import EpochPosition, PreemptionWatch, ResumePlan, preempt_checkpoint_name, resume_plan
@@ -346,7 +347,7 @@ def epoch_batches(
         shuffle = {}
     if config.decode == "gpu":
         from resnet_platform.data.device_decode import DeviceDecoder
-        from resnet_platform.data.pipeline import skips_name_of
+        from resnet_platform.data.skip_ledger import ledger_name
 
         transform = transform_config_of(config, train=train)
         if train and image_size is not None:
@@ -355,7 +356,7 @@ def epoch_batches(
             transform,
             train=train,
             device=device,
-            skips_name=skips_name_of(config.data, "train" if train else "val"),
+            skips_name=ledger_name(config.run_uri, "train" if train else "val"),
         )
         raw = shard.iter_batches(
             batch_size=config.micro_batch_size,
@@ -521,6 +522,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
             batches = epoch_batches(
                 train_shard, config, device, train=True, shuffle_seed=shuffle_seed, image_size=size
             )
+            batches = watched(batches, config, "train", rank)  # train/data_wait.py: never a silent wait
             train = train_one_epoch(
                 forward_model,
                 batches,
@@ -540,6 +542,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 schedule=schedule,
             )
             val_batches = epoch_batches(val_shard, config, device, train=False, shuffle_seed=None)
+            val_batches = watched(val_batches, config, "val", rank)  # train/data_wait.py: never a silent wait
             evals = evaluate_models(
                 techniques.eval_models(model), val_batches, criterion, amp_dtype, normalize, device
             )
@@ -547,7 +550,9 @@ def train_loop_per_worker(config_dict: dict) -> None:
             if (
                 rank == 0
             ):  # every worker has consumed its rows (the evaluation all-reduced): skips are recorded
-                check_skip_budget(config.data, ("train", "val"), config.max_skipped_fraction)
+                check_skip_budget(
+                    config.data, ("train", "val"), config.max_skipped_fraction, run=config.run_uri
+                )
             lr = schedule.lr
             schedule.step(val.top1_error, train.top1_error)
             state.epoch = epoch + 1
