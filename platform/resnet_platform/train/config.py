@@ -129,6 +129,12 @@ class TrainConfig:
         "seconds a worker waits for an epoch's first batch before the run fails naming what Ray lacks; 0: off",
         group="data",
     )
+    ingest_object_store_gib: float = setting(
+        2.0,
+        "object-store budget of each training-ingest stream (Ray Data's read-ahead), GiB; 0: Ray Data's "
+        "default, half the object store",
+        group="data",
+    )
     data_wait_between_s: float = setting(
         300.0, "seconds a worker waits for each later batch of the epoch; 0: off", group="data"
     )
@@ -328,6 +334,8 @@ class TrainConfig:
                 "--decode gpu supports the rrc, scale and none augmentations, without --ten-crop"
             )
         _ = self.placement  # a malformed --data-node-label/--data-node-resource fails here, on the driver
+        if self.ingest_object_store_gib < 0:
+            raise ValueError("the ingest object-store budget cannot be negative (0: Ray Data's default)")
         if self.data_wait_s < 0 or self.data_wait_between_s < 0:
             raise ValueError("data wait limits cannot be negative (0 turns the watchdog off)")
         if not 0 <= self.max_skipped_fraction <= 1:

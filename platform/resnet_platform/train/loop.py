@@ -332,7 +332,7 @@ def evaluate_models(models: dict, batches, criterion, amp_dtype, normalize, devi
 
 def epoch_batches(
     shard, config: TrainConfig, device: torch.device, *, train: bool, shuffle_seed: int | None,
-    image_size: int | None = None,
+    image_size: int | None = None, epoch: int | None = None,
 ):  # fmt: skip
     """The worker's batches of one epoch, as uint8 NHWC + int64 labels on its device, in
     micro-batches (``per_worker_batch / grad_accum_steps`` rows).
@@ -342,7 +342,10 @@ def epoch_batches(
     JPEG bytes, decoded and cropped here on the device (``data/device_decode.py``), training crops at
     ``image_size`` (the epoch's size of a progressive schedule).
     """
-    shuffle = {"local_shuffle_buffer_size": config.shuffle_buffer or None, "local_shuffle_seed": shuffle_seed}
+    # Epoch 1 reads prepare's globally shuffled shards in a shuffled file order: no local buffer, so
+    # its first batch does not wait for 1.5x the buffer's rows (Ray's ShufflingBatcher) decoded first.
+    buffer = config.shuffle_buffer if epoch != 0 else 0
+    shuffle = {"local_shuffle_buffer_size": buffer or None, "local_shuffle_seed": shuffle_seed}
     if not train:
         shuffle = {}
     if config.decode == "gpu":
@@ -520,7 +523,13 @@ def train_loop_per_worker(config_dict: dict) -> None:
             position = None
             size = techniques.train_size(epoch)
             batches = epoch_batches(
-                train_shard, config, device, train=True, shuffle_seed=shuffle_seed, image_size=size
+                train_shard,
+                config,
+                device,
+                train=True,
+                shuffle_seed=shuffle_seed,
+                image_size=size,
+                epoch=epoch,
             )
             batches = watched(batches, config, "train", rank)  # train/data_wait.py: never a silent wait
             train = train_one_epoch(

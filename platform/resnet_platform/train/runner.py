@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.fs as pafs
 import ray
 import ray.train
-from ray.data import ExecutionOptions
+from ray.data import ExecutionOptions, ExecutionResources
 from ray.train import CheckpointConfig, LoggingConfig, RunConfig
 from ray.train.torch import TorchTrainer
 
@@ -101,7 +101,13 @@ def build_trainer(
     # Always our own ingest options: Ray's defaults copy the deprecated ``exclude_resources`` (Ray 2.60
     # warns on every run). The label selector holds every data task of every dataset on the data nodes.
     placement = config.placement
-    ingest = ExecutionOptions(preserve_order=config.deterministic, label_selector=placement.data_selector)
+    # The read-ahead's object-store budget (--ingest-object-store-gib), per stream; Ray's own is half the store.
+    budget = config.ingest_object_store_gib * 2**30 or None
+    ingest = ExecutionOptions(
+        preserve_order=config.deterministic,
+        label_selector=placement.data_selector,
+        resource_limits=ExecutionResources(object_store_memory=budget) if budget else None,
+    )
     set_no_progress_backstop(datasets, config)  # above the data-wait watchdog's limits
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
@@ -109,9 +115,9 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),
-        # N fixed, or MIN-MAX elastic (train/elastic.py); never on a data node.
+        # N fixed, or MIN-MAX elastic (train/elastic.py); never on a data node (label or resource).
         scaling_config=scaling_config(
-            config, resources_per_worker=resources, label_selector=placement.worker_selector
+            config, resources_per_worker=resources, label_selector=placement.worker_selector_on(ray.nodes())
         ),
         run_config=RunConfig(
             name=config.name,
