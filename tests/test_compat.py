@@ -218,6 +218,33 @@ def test_ray_data_console_is_quieted_in_this_process():
     assert "Progress bars disabled" in inspect.getsource(progress)
 
 
+def test_training_function_traceback_is_dropped_only_for_errors_the_driver_reports():
+    from ray.train.v2._internal.util import construct_user_exception_with_traceback
+
+    from resnet_platform.console import is_one_line_error
+    from resnet_platform.train.data_wait import DataWaitTimeout
+
+    logger = logging.getLogger(_compat.TRAIN_FUNCTION_ERROR_LOGGER)
+    records: list[logging.LogRecord] = []
+    catch = logging.Handler(logging.ERROR)
+    catch.emit = records.append
+    saved = list(logger.filters)
+    logger.addHandler(catch)
+    try:
+        _compat.hide_training_function_traceback(is_one_line_error)
+        for error in (DataWaitTimeout("no train batch"), RuntimeError("a bug")):
+            try:
+                raise error
+            except Exception as e:  # Ray Train's own call, as its thread runner makes it
+                construct_user_exception_with_traceback(e)
+    finally:
+        logger.removeHandler(catch)
+        logger.filters[:] = saved
+    logged = [r.getMessage() for r in records if "Error in training function" in r.getMessage()]
+    # Still needed: Ray logs the traceback itself; the platform's one-line error is dropped, a bug is not.
+    assert len(logged) == 1 and "RuntimeError: a bug" in logged[0] and "Traceback" in logged[0]
+
+
 # --------------------------------------------------------------------------------------- MLflow
 
 

@@ -25,7 +25,13 @@ from resnet_platform.data.checks import (
 )
 from resnet_platform.data.cifar import CifarFormatError, read_cifar10, write_cifar10_archive
 from resnet_platform.data.manifest import Manifest, ShardInfo, SplitManifest, write_manifest
-from resnet_platform.data.pipeline import SKIPS_NAMESPACE, _skip_counter_class, _skips_name
+from resnet_platform.data.skip_ledger import (
+    EXAMPLES,
+    close_ledgers,
+    ledger_name,
+    record_skips,
+    skip_summary,
+)
 from resnet_platform.train import TrainConfig
 from resnet_platform.train.runner import run_training
 
@@ -121,25 +127,35 @@ def test_skip_budget_names_the_split_and_the_worst_shards(tmp_path, ray_local):
     rows = [(jpeg(i), 0) for i in range(30)]
     train = write_split(root, "train", rows, per_shard=10)
     write_manifest(str(root), Manifest(["n0"], ["n0"], {"train": train}))
-    counter = _skip_counter_class().options(
-        name=_skips_name(str(root), "train"),
-        namespace=SKIPS_NAMESPACE,
-        get_if_exists=True,
-        lifetime="detached",
-    )
+    run, other_run = str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b")
+    ledger = ledger_name(run, "train")
     skips = [{"key": "train/n0/2-1.JPEG", "reason": "OSError: broken"}]
-    ray_local.get(counter.remote().record.remote(skips * 3))  # one image, three epochs: counted once
-    check_skip_budget(str(root), ["train"], 0.05)  # 1 of 30 is under 5%
+    record_skips(ledger, skips * 3)  # one image, three epochs: counted once
+    check_skip_budget(str(root), ["train"], 0.05, run=run)  # 1 of 30 is under 5%
     skips += [{"key": f"train/n0/2-{j}.JPEG", "reason": "OSError: broken"} for j in (2, 3)]
     skips += [{"key": "train/n0/0-4.JPEG", "reason": "OSError: broken"}]
-    ray_local.get(counter.remote().record.remote(skips))
+    record_skips(ledger, skips)
     with pytest.raises(SkipBudgetExceeded) as caught:
-        check_skip_budget(str(root), ["train"], 0.05)
+        check_skip_budget(str(root), ["train"], 0.05, run=run)
     message = str(caught.value)
     assert "4 of 30 images of the 'train' split" in message and "\n" not in message
     assert message.index("train-00002-of-00003.parquet (3)") < message.index(
         "train-00000-of-00003.parquet (1)"
     )
+    # Keyed by run: another run on the same data starts from zero; a closed ledger is gone.
+    check_skip_budget(str(root), ["train"], 0.05, run=other_run)
+    assert close_ledgers(run, ["train"]) == {"train": 4} and skip_summary(ledger).count == 0
+
+
+def test_skip_summary_is_bounded_and_keeps_the_shard_counts(tmp_path, ray_local):
+    ledger = ledger_name(str(tmp_path), "train")
+    items = [{"key": f"k{i}", "reason": "bad", "shard": f"s{i % 3}"} for i in range(60)]
+    record_skips(ledger, items + items)
+    record_skips(ledger, [{"key": "decoded-late", "reason": "OSError"}])
+    summary = skip_summary(ledger)
+    assert summary.count == 61 and summary.unlocated == 1 and len(summary.examples) == EXAMPLES
+    assert summary.per_shard == {"s0": 20, "s1": 20, "s2": 20}
+    close_ledgers(str(tmp_path), ["train"])
 
 
 @pytest.mark.slow

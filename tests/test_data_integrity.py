@@ -152,10 +152,11 @@ def test_reader_drops_images_above_the_run_limit_and_records_them(tmp_path, ray_
         transform=TransformConfig(image_size=8),
         include_key=True,
         max_image_pixels=limit,
+        run=str(tmp_path),
     )
     kept = {k for b in ds.iter_batches(batch_format="numpy") for k in b["key"].tolist()}
     assert kept == {k for k, n in sizes.items() if n <= limit}
-    skipped = {f["key"]: f for f in decode_failures(out, "val")}
+    skipped = {f["key"]: f for f in decode_failures(str(tmp_path), "val")}
     assert set(skipped) == {k for k, n in sizes.items() if n > limit}
     assert all("above the limit" in f["reason"] and f["shard"].endswith(".parquet") for f in skipped.values())
 

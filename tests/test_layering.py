@@ -237,21 +237,10 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
-# Known and being removed (issue 27 moves the skip ledger and the transform config out of the circle).
-KNOWN_CYCLES = [  # removed by issue 27
-    [
-        "resnet_platform.data.checks",
-        "resnet_platform.data.integrity",
-        "resnet_platform.data.pipeline",
-        "resnet_platform.data.shard_reader",
-    ],
-]
-
-
 def test_no_import_cycles_inside_the_package():
     """A circle hidden by an import inside a function is still a circle: modules that need each
     other are one module, or a third holds what they share."""
-    cycles = [c for c in import_cycles(import_graph()) if c not in KNOWN_CYCLES]
+    cycles = import_cycles(import_graph())
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 

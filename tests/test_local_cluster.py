@@ -356,6 +356,26 @@ def test_local_cluster_start_run_stop(local_cluster, tmp_path, digits_folder):
     # (stop-cluster.sh, and that it leaves nothing behind: the fixture, when the module is done)
 
 
+def test_resource_mode_alone_trains_with_reads_on_the_data_node(local_cluster, digits_folder):
+    """--data-node-resource without a label (the issue's starved run): the training workers may not
+    take the data node's CPU, so the reads run there and the run trains; Ray's state API says where."""
+    env = local_cluster.cluster_env
+    data = _prepare_digits(env, digits_folder.root)  # already in the bucket: the rerun skips every shard
+    trained = _submit(
+        env, "python", "jobs/train_imagenet.py", "--data", data, "--no-mlflow",
+        "--arch", "cifar_resnet20", "--image-size", "16", "--epochs", "1", "--batch-size", "64",
+        "--augmentation", "none", "--num-workers", "2", "--cpus-per-worker", "0.5",
+        "--data-node-resource", DATA_RESOURCE, "--data-wait-s", "180",
+        "--storage", f"s3://{env['LOCAL_BUCKET']}/runs", "--name", "resource-alone",
+        submission_id="resource-alone",
+    )  # fmt: skip
+    output = trained.stdout + trained.stderr
+    assert trained.returncode == 0 and "succeeded" in output.lower(), output[-4000:]
+    where, data_node, head = _placement(env, "resource-alone")
+    assert where["data_tasks"] and {node for _, node in where["data_tasks"]} == {data_node}, where
+    assert {node for _, node in where["train_workers"]} == {head}, where["train_workers"]
+
+
 # ----------------------------------------------------------------------------- the spot drill
 
 

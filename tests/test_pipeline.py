@@ -171,12 +171,11 @@ def test_undecodable_rows_are_skipped_counted_and_reported(tmp_path, ray_local):
     data = (root / "val" / "val-00000-of-00001.parquet").read_bytes()
     shard = ShardInfo("val/val-00000-of-00001.parquet", 20, len(data), hashlib.sha256(data).hexdigest())
     write_manifest(str(root), Manifest(["n0"], ["n0"], {"val": SplitManifest(20, [shard])}))
-    ds = build_split_dataset(
-        str(root), "val", train=False, transform=TransformConfig(image_size=8), include_key=True
-    )
+    t = TransformConfig(image_size=8)
+    ds = build_split_dataset(str(root), "val", train=False, transform=t, include_key=True, run=str(tmp_path))
     rows = keys_and_labels(ds)
     assert len(rows) == 18 and "val/n0/corrupt.JPEG" not in {k for k, _ in rows}
-    failures = decode_failures(str(root), "val")
+    failures = decode_failures(str(tmp_path), "val")
     assert sorted(f["key"] for f in failures) == ["val/n0/corrupt.JPEG", "val/n0/truncated.JPEG"]
     assert all(f["reason"] for f in failures)
 

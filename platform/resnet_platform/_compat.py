@@ -26,7 +26,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 
@@ -126,7 +126,44 @@ WORKAROUNDS: dict[str, Workaround] = {
         "finished' per dataset and epoch. Its only knob is a YAML file named by RAY_DATA_LOGGING_CONFIG "
         "(a path on every node); this lowers the console handler's level in the running process.",
     ),
+    "hide_training_function_traceback": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "Ray Train V2 logs every exception of the training function with its whole traceback at ERROR "
+        "in the worker ('Error in training function:', ray.train.v2._internal.util."
+        "construct_user_exception_with_traceback), which reaches the job's output before the driver "
+        "can print its one line; a filter on that logger drops the record for the errors it is told.",
+    ),
 }
+
+
+# ------------------------------------------------------------------------------------- Ray Train
+
+TRAIN_FUNCTION_ERROR_LOGGER = "ray.train.v2._internal.util"
+
+
+class _TrainingFunctionTraceback(logging.Filter):
+    def __init__(self, is_reported: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.is_reported = is_reported
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        if not text.startswith("Error in training function"):
+            return True
+        last = text.strip().splitlines()[-1] if text.strip() else ""
+        return not self.is_reported(last.partition(":")[0].strip())
+
+
+def hide_training_function_traceback(is_reported: Callable[[str], bool]) -> None:
+    """In a Ray Train worker: drop Ray's ERROR record of a training-function exception when
+    ``is_reported(qualified exception class name)`` says the driver prints that error itself (one
+    line). Other errors keep their traceback. Idempotent."""
+    logger = logging.getLogger(TRAIN_FUNCTION_ERROR_LOGGER)
+    for f in list(logger.filters):
+        if isinstance(f, _TrainingFunctionTraceback):
+            logger.removeFilter(f)
+    logger.addFilter(_TrainingFunctionTraceback(is_reported))
 
 
 # ------------------------------------------------------------------------------------- Ray Tune

@@ -140,7 +140,27 @@ def setup_worker_output() -> None:
 def quiet_train_worker() -> None:
     """In a Ray Train worker, after Ray Train configured its logging: the root logger from WARNING up
     (unless verbose), the platform's own lines at INFO."""
+    from resnet_platform import _compat
+
     logging.getLogger(PLATFORM_LOGGER).setLevel(logging.INFO)
     if not is_verbose():
+        _compat.hide_training_function_traceback(is_one_line_error)  # the driver prints those
         logging.getLogger().setLevel(logging.WARNING)
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def is_one_line_error(qualified_name: str) -> bool:
+    """Whether the exception class ``module.Class`` is one the jobs report as one line (a
+    ``DataCheckError``: bad data, the data-wait watchdog), so a worker need not log its traceback."""
+    import importlib
+
+    module, _, name = qualified_name.rpartition(".")
+    if not module.startswith(PLATFORM_LOGGER + "."):
+        return False
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    from resnet_platform.data.checks import DataCheckError
+
+    return isinstance(cls, type) and issubclass(cls, DataCheckError)

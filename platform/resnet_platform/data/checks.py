@@ -17,12 +17,14 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from resnet_platform.data.manifest import Manifest
+from resnet_platform.data.skip_ledger import ledger_name, skip_summary, unlocated_keys
 from resnet_platform.storage import resolve
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit, 89,478,485
 DEFAULT_MAX_SKIPPED_FRACTION = 0.001
 FOOTER_THREADS = 16
 WORST_SHARDS = 5
+LOCATE_AT_MOST = 10_000  # decode-time skips located by key when the budget is exceeded
 
 
 class DataCheckError(ValueError):
@@ -115,33 +117,36 @@ def _shards_of_keys(uri: str, manifest: Manifest, split: str, keys: set[str]) ->
     return out
 
 
-def check_skip_budget(uri: str, splits: Iterable[str], max_fraction: float) -> None:
+def check_skip_budget(uri: str, splits: Iterable[str], max_fraction: float, *, run: str) -> None:
     """Fail when more than ``max_fraction`` of a split's images were skipped as undecodable (or
-    above the pixel limit), naming the split and its worst shards.
+    above the pixel limit) in run ``run``, naming the split and its worst shards.
 
-    Counts distinct images recorded by the pipeline's decode-skip actor for this data set, so
-    repeated epochs do not inflate the fraction. A no-op for data sets without skips (CIFAR)."""
+    Reads the run's ledger summary (``data/skip_ledger.py``: distinct images, so repeated epochs do
+    not inflate the fraction; a few examples, not the list). Decode-time skips, whose shard the
+    ledger does not know, are located from the shards' key columns only when the budget is exceeded.
+    A no-op for data sets without skips (CIFAR)."""
     from resnet_platform.data.manifest import read_manifest
-    from resnet_platform.data.pipeline import decode_failures
 
     manifest = None
     for split in splits:
-        failures = decode_failures(uri, split)
-        if not failures:
+        name = ledger_name(run, split)
+        summary = skip_summary(name)
+        if not summary.count:
             continue
         manifest = manifest or read_manifest(uri)
         rows = manifest.splits[split].num_rows
-        by_key = {f["key"]: f for f in failures}
-        fraction = len(by_key) / max(rows, 1)
+        fraction = summary.count / max(rows, 1)
         if fraction <= max_fraction:
             continue
-        unknown = {k for k, f in by_key.items() if not f.get("shard")}
-        located = _shards_of_keys(uri, manifest, split, unknown) if unknown else {}
-        per_shard = Counter(f.get("shard") or located.get(k, "?") for k, f in by_key.items())
+        per_shard = Counter(summary.per_shard)
+        if summary.unlocated:
+            keys = set(unlocated_keys(name, LOCATE_AT_MOST))
+            located = _shards_of_keys(uri, manifest, split, keys)
+            per_shard.update(located[k] if k in located else "?" for k in keys)
         worst = ", ".join(f"{s} ({c})" for s, c in per_shard.most_common(WORST_SHARDS))
-        example = next(iter(by_key.values()))
+        example = summary.examples[0]
         raise SkipBudgetExceeded(
-            f"{uri}: {len(by_key)} of {rows} images of the {split!r} split could not be used "
+            f"{uri}: {summary.count} of {rows} images of the {split!r} split could not be used "
             f"({fraction:.1%}, more than --max-skipped-fraction {max_fraction:g}); worst shards: {worst}; "
             f"e.g. {example['key']}: {example['reason']}"
         )

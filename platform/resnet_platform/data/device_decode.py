@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from resnet_platform.data import transforms
-from resnet_platform.data.pipeline import TransformConfig, draw_crop_for, record_skips
+from resnet_platform.data.pipeline import TransformConfig, draw_crop_for
+from resnet_platform.data.skip_ledger import record_skips
 
 log = logging.getLogger(__name__)
 

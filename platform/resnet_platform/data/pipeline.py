@@ -13,8 +13,8 @@ reshuffled on every execution of the dataset, and the consumer adds its local sh
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,13 +23,13 @@ from resnet_platform.data import augment, transforms
 from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from resnet_platform.data.manifest import Manifest, read_manifest
 from resnet_platform.data.placement import DataPlacement
+from resnet_platform.data.skip_ledger import ledger_name, record_skips, skipped_images
 from resnet_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pad_crop_flip  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
 DECODE_MODES = ("cpu", "gpu")  # where JPEGs are decoded and cropped: data nodes, or the training device
-SKIPS_NAMESPACE = "resnet_platform"
 
 
 @dataclass
@@ -124,39 +124,10 @@ def draw_crop_for(
     )
 
 
-@functools.cache
-def _skip_counter_class():
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class SkipCounter:
-        def __init__(self):
-            self.skipped: list[dict] = []
-
-        def record(self, items: list[dict]) -> None:
-            self.skipped += items
-
-        def report(self) -> list[dict]:
-            return list(self.skipped)
-
-    return SkipCounter
-
-
-def _skips_name(uri: str, split: str) -> str:
-    return "decode-skips-" + hashlib.sha1(f"{uri}\0{split}".encode()).hexdigest()[:16]
-
-
-def decode_failures(uri: str, split: str) -> list[dict]:
-    """Images skipped at read time because they could not be decoded: ``[{"key", "reason"}]``.
-
-    Counted in this Ray cluster since its start for that data set and split."""
-    import ray
-
-    try:
-        actor = ray.get_actor(_skips_name(uri, split), namespace=SKIPS_NAMESPACE)
-    except ValueError:
-        return []
-    return ray.get(actor.report.remote())
+def decode_failures(run: str, split: str) -> list[dict]:
+    """Images of ``split`` that run ``run`` skipped (undecodable, above the pixel limit):
+    ``[{"key", "reason", "shard"}]``, each once (``data/skip_ledger.py``)."""
+    return skipped_images(ledger_name(run, split))
 
 
 @functools.cache
@@ -165,21 +136,6 @@ def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-def record_skips(skips_name: str, failed: list[dict]) -> None:
-    """Add undecodable images to the split's skip report (a named actor, shared by every task)."""
-    import ray
-
-    counter = _skip_counter_class().options(
-        name=skips_name, namespace=SKIPS_NAMESPACE, get_if_exists=True, lifetime="detached"
-    )
-    # Wait for the record: the report must hold every skip once the rows have been consumed.
-    ray.get(counter.remote().record.remote(failed))
-
-
-def skips_name_of(uri: str, split: str) -> str:
-    return _skips_name(uri, split)
 
 
 def _decode_batch(
@@ -224,6 +180,7 @@ def build_split_dataset(
     placement: DataPlacement | None = None,
     decode: str = "cpu",
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    run: str | None = None,
 ):
     """A streaming Ray Dataset of one prepared split: rows ``{"image": uint8 HWC, "label": int64}``.
 
@@ -234,7 +191,8 @@ def build_split_dataset(
     ``decode="gpu"``: rows stay ``{"image": JPEG bytes, "label", "key"}`` (the read is all the CPU does);
     the training worker decodes and crops them on its device (``data/device_decode.py``).
     Every shard is checked against the manifest's sha256 before its rows are used (a mismatch fails
-    naming the shard); images above ``max_image_pixels`` are skipped and recorded (None: no limit).
+    naming the shard); images above ``max_image_pixels`` are skipped and recorded (None: no limit)
+    in the ledger of ``run`` (``data/skip_ledger.py``; None: one of this dataset's own).
     """
     from ray.data import FileShuffleConfig
 
@@ -248,6 +206,7 @@ def build_split_dataset(
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {DECODE_MODES}, not {decode!r}")
     task_args = placement.task_args() if placement is not None else {}
+    skips = ledger_name(run or f"{uri}#{uuid.uuid4().hex}", split)
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if train else None
     # One read task per shard (what streaming, shuffling and splitting need), each verifying its
     # shard's sha256 on the bytes it parses: see shard_reader.
@@ -259,7 +218,7 @@ def build_split_dataset(
         columns=["image", "label", "key"],
         shuffle=shuffle,
         max_image_pixels=max_image_pixels,
-        skips_name=_skips_name(uri, split),
+        skips_name=skips,
         task_args=task_args,
     )
     # No randomize_block_order(): in Ray 2.60 it is an all-to-all barrier that holds every read block
@@ -276,7 +235,7 @@ def build_split_dataset(
             t=transform,
             train=train,
             include_key=include_key,
-            skips_name=_skips_name(uri, split),
+            skips_name=skips,
         )
         ds = ds.map_batches(fn, batch_size=batch_size, batch_format="numpy", zero_copy_batch=True, **kwargs)
     if not train:

@@ -12,6 +12,7 @@ dropped and recorded with the decode skips, so they count against the skip budge
 
 from __future__ import annotations
 
+import functools
 import io
 import posixpath
 import warnings
@@ -24,6 +25,7 @@ from ray.data.datasource import FileBasedDatasource
 
 from resnet_platform.data.checks import LabelOutOfRangeError
 from resnet_platform.data.integrity import check_shard_bytes
+from resnet_platform.data.skip_ledger import record_skips
 
 COLUMNS = ["image", "label", "key"]
 
@@ -45,11 +47,23 @@ def image_pixels(data: bytes) -> int | None:
             Image.MAX_IMAGE_PIXELS = saved
 
 
+@functools.lru_cache(maxsize=4)
+def _shard_table(ref) -> dict[str, tuple[str, str, int]]:
+    """The split's shard table, fetched once per worker process (tasks of one read share it)."""
+    import ray
+
+    return ray.get(ref)
+
+
 class VerifiedShardDatasource(FileBasedDatasource):
     """Prepared Parquet shards, each verified against its manifest entry before any row is used.
 
     ``shards``: shard file name -> (uri for messages, sha256, bytes). ``max_image_pixels``: drop
     images above it (None: the manifest says prepare already enforced a limit at least as strict).
+
+    Ray Data pickles the datasource into every read task, so the table lives behind one object
+    reference (as Ray keeps the paths): a task's size does not grow with the shard count, where a
+    table held here cost about 170 bytes per shard per task (O(shards^2) bytes per epoch).
     """
 
     def __init__(
@@ -65,13 +79,15 @@ class VerifiedShardDatasource(FileBasedDatasource):
     ) -> None:
         super().__init__(paths, **kwargs)
         self._columns = list(columns)
-        self._shards = shards
+        import ray
+
+        self._shards_ref = ray.put(shards)
         self._num_classes = num_classes
         self._max_image_pixels = max_image_pixels
         self._skips_name = skips_name
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
-        uri, sha256, size = self._shards[posixpath.basename(path)]
+        uri, sha256, size = _shard_table(self._shards_ref)[posixpath.basename(path)]
         data = f.readall()
         check_shard_bytes(data, sha256=sha256, size=size, uri=uri)
         parquet = pq.ParquetFile(pa.BufferReader(data))
@@ -107,22 +123,11 @@ class VerifiedShardDatasource(FileBasedDatasource):
                 )
         if not dropped:
             return table
-        _record_skips(self._skips_name, dropped)
+        record_skips(self._skips_name, dropped)
         return table.filter(pa.array(keep))
 
 
-def _record_skips(skips_name: str, items: list[dict]) -> None:
-    import ray
-
-    from resnet_platform.data.pipeline import SKIPS_NAMESPACE, _skip_counter_class
-
-    counter = _skip_counter_class().options(
-        name=skips_name, namespace=SKIPS_NAMESPACE, get_if_exists=True, lifetime="detached"
-    )
-    ray.get(counter.remote().record.remote(items))
-
-
-def read_verified_shards(
+def verified_shard_source(
     uri: str,
     manifest,
     split: str,
@@ -131,13 +136,9 @@ def read_verified_shards(
     max_image_pixels: int | None,
     skips_name: str,
     columns: list[str] = COLUMNS,
-    task_args: dict | None = None,
-):
-    """A Ray Dataset of the split's rows (``columns`` of ``image``, ``label``, ``key``), one read task
-    per shard, each shard verified against ``manifest`` before its rows are used. ``task_args``:
-    keyword arguments of the read that place it (``DataPlacement.task_args()``)."""
-    import ray.data
-
+) -> VerifiedShardDatasource:
+    """The datasource of the split's shards: one read task per shard, each verified against
+    ``manifest`` before its rows are used."""
     from resnet_platform.storage import join, resolve
 
     fs, _ = resolve(uri)
@@ -146,7 +147,7 @@ def read_verified_shards(
     shards = {posixpath.basename(s.path): (join(uri, s.path), s.sha256, s.bytes) for s in entries}
     guaranteed = manifest.encoding.get("max_image_pixels")
     check_pixels = max_image_pixels is not None and (guaranteed is None or guaranteed > max_image_pixels)
-    source = VerifiedShardDatasource(
+    return VerifiedShardDatasource(
         paths,
         shards=shards,
         num_classes=manifest.num_classes,
@@ -156,4 +157,22 @@ def read_verified_shards(
         filesystem=fs,
         shuffle=shuffle,
     )
-    return ray.data.read_datasource(source, override_num_blocks=len(paths), **(task_args or {}))
+
+
+def read_verified_shards(
+    uri: str,
+    manifest,
+    split: str,
+    *,
+    task_args: dict | None = None,
+    **source_args,
+):
+    """A Ray Dataset of the split's rows (``columns`` of ``image``, ``label``, ``key``): the
+    :func:`verified_shard_source` of ``source_args``, one read task per shard. ``task_args``:
+    keyword arguments of the read that place it (``DataPlacement.task_args()``)."""
+    import ray.data
+
+    source = verified_shard_source(uri, manifest, split, **source_args)
+    return ray.data.read_datasource(
+        source, override_num_blocks=len(manifest.splits[split].shards), **(task_args or {})
+    )

@@ -118,6 +118,22 @@ class TrainConfig:
         choices=DECODE_MODES,
     )
     prefetch_batches: int = setting(2, "batches each worker has in flight ahead of the step", group="data")
+    # The data-wait watchdog (train/data_wait.py): past these, a worker fails with one line naming
+    # what the cluster lacks. Minutes, not seconds: an autoscaler may be adding a data node.
+    data_wait_s: float = setting(
+        600.0,
+        "seconds a worker waits for an epoch's first batch before the run fails naming what Ray lacks; 0: off",
+        group="data",
+    )
+    ingest_object_store_gib: float = setting(
+        2.0,
+        "object-store budget of each training-ingest stream (Ray Data's read-ahead), GiB; 0: Ray Data's "
+        "default, half the object store",
+        group="data",
+    )
+    data_wait_between_s: float = setting(
+        300.0, "seconds a worker waits for each later batch of the epoch; 0: off", group="data"
+    )
     num_classes: int | None = setting(None, group="data", cli=False)  # from the dataset manifest
     # Training images per epoch (the manifest's count): how much of an epoch a mid-epoch resume has left.
     train_images: int | None = setting(None, group="data", cli=False)
@@ -323,6 +339,10 @@ class TrainConfig:
                 "--decode gpu supports the rrc, scale and none augmentations, without --ten-crop"
             )
         _ = self.placement  # a malformed --data-node-label/--data-node-resource fails here, on the driver
+        if self.ingest_object_store_gib < 0:
+            raise ValueError("the ingest object-store budget cannot be negative (0: Ray Data's default)")
+        if self.data_wait_s < 0 or self.data_wait_between_s < 0:
+            raise ValueError("data wait limits cannot be negative (0 turns the watchdog off)")
         if not 0 <= self.max_skipped_fraction <= 1:
             raise ValueError(f"max skipped fraction must be between 0 and 1, got {self.max_skipped_fraction}")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
@@ -378,6 +398,11 @@ class TrainConfig:
     def registers_ema(self) -> bool:
         """The EMA's weights are the run's model (``--ema`` with ``--register-ema``)."""
         return self.ema and self.register_ema
+
+    @property
+    def run_uri(self) -> str:
+        """Where the run lives (storage/name): also the key of its skip ledger (data/skip_ledger.py)."""
+        return f"{self.storage_uri().rstrip('/')}/{self.name}"
 
     def storage_uri(self) -> str:
         """Local storage paths become absolute: Ray workers run in other directories."""

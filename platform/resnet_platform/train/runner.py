@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
 import ray
 import ray.train
-from ray.data import ExecutionOptions
+from ray.data import ExecutionOptions, ExecutionResources
 from ray.train import CheckpointConfig, LoggingConfig, RunConfig
 from ray.train.torch import TorchTrainer
 
@@ -24,10 +24,12 @@ from resnet_platform import _compat, storage
 from resnet_platform.console import ensure_ray, is_verbose
 from resnet_platform.data.checks import check_prepared_data, check_splits, find_data_error
 from resnet_platform.data.manifest import Manifest, read_manifest
+from resnet_platform.data.skip_ledger import close_ledgers
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data_config import ExactValidationDataConfig
+from .data_wait import set_no_progress_backstop
 from .elastic import scaling_config
 from .loop import train_loop_per_worker
 from .preemption import failure_config
@@ -37,6 +39,8 @@ if TYPE_CHECKING:  # MLflow and matplotlib stay out of processes that only build
     from resnet_platform.tracking.training_run import TrainingRun
 
 log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
 
 
 class RunExistsError(ValueError):
@@ -54,6 +58,7 @@ class TrainingOutcome:
     model_uri: str | None = None  # the best model, when logged
     model_version: str | None = None  # its registered version, when registered
     mlflow_closed: bool | None = None  # whether the MLflow run was marked FINISHED (None: not tracked)
+    skipped: dict[str, int] = field(default_factory=dict)  # split -> images skipped (data/skip_ledger.py)
 
     @property
     def final(self) -> dict[str, float]:
@@ -71,6 +76,7 @@ def build_datasets(config: TrainConfig) -> dict[str, ray.data.Dataset]:
     from resnet_platform.data.pipeline import build_split_dataset
 
     common = {
+        "run": config.run_uri,  # skips are recorded per run (data/skip_ledger.py)
         "seed": config.seed,
         "placement": config.placement,
         "decode": config.decode,
@@ -96,16 +102,23 @@ def build_trainer(
     # Always our own ingest options: Ray's defaults copy the deprecated ``exclude_resources`` (Ray 2.60
     # warns on every run). The label selector holds every data task of every dataset on the data nodes.
     placement = config.placement
-    ingest = ExecutionOptions(preserve_order=config.deterministic, label_selector=placement.data_selector)
+    # The read-ahead's object-store budget (--ingest-object-store-gib), per stream; Ray's own is half the store.
+    budget = config.ingest_object_store_gib * 2**30 or None
+    ingest = ExecutionOptions(
+        preserve_order=config.deterministic,
+        label_selector=placement.data_selector,
+        resource_limits=ExecutionResources(object_store_memory=budget) if budget else None,
+    )
+    set_no_progress_backstop(datasets, config)  # above the data-wait watchdog's limits
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),
-        # N fixed, or MIN-MAX elastic (train/elastic.py); never on a data node.
+        # N fixed, or MIN-MAX elastic (train/elastic.py); never on a data node (label or resource).
         scaling_config=scaling_config(
-            config, resources_per_worker=resources, label_selector=placement.worker_selector
+            config, resources_per_worker=resources, label_selector=placement.worker_selector_on(ray.nodes())
         ),
         run_config=RunConfig(
             name=config.name,
@@ -188,9 +201,12 @@ def run_training(
         trainer = build_trainer(
             config, datasets if datasets is not None else build_datasets(config), callbacks=callbacks
         )
+        if not config.resume:  # a ledger left by an earlier run of this name (its driver died)
+            close_ledgers(config.run_uri, SPLITS)
         with _compat.sigint_handler_restored():
             result = trainer.fit()
     except BaseException as err:
+        close_ledgers(config.run_uri, SPLITS)
         if tracker is not None:  # bounded, and never raises over ``err``
             tracker.close(failed=True, status="KILLED" if isinstance(err, KeyboardInterrupt) else None)
         data_error = find_data_error(err) if isinstance(err, Exception) else None
@@ -198,6 +214,7 @@ def run_training(
             raise data_error from err
         raise
     outcome = summarize(config, result)
+    outcome.skipped = close_ledgers(config.run_uri, SPLITS)  # the run's record of unusable images
     if tracker is not None:
         record = training_record(
             config, manifest, outcome.history, outcome.best_metrics, outcome.best_checkpoint

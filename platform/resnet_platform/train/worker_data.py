@@ -42,7 +42,7 @@ def transform_config_of(config: TrainConfig, *, train: bool):
 
 def epoch_batches(
     shard, config: TrainConfig, device: torch.device, *, train: bool, shuffle_seed: int | None,
-    image_size: int | None = None,
+    image_size: int | None = None, epoch: int | None = None,
 ):  # fmt: skip
     """The worker's batches of one epoch, as uint8 NHWC + int64 labels on its device, in
     micro-batches (``per_worker_batch / grad_accum_steps`` rows).
@@ -52,12 +52,15 @@ def epoch_batches(
     JPEG bytes, decoded and cropped here on the device (``data/device_decode.py``), training crops at
     ``image_size`` (the epoch's size of a progressive schedule).
     """
-    shuffle = {"local_shuffle_buffer_size": config.shuffle_buffer or None, "local_shuffle_seed": shuffle_seed}
+    # Epoch 1 reads prepare's globally shuffled shards in a shuffled file order: no local buffer, so
+    # its first batch does not wait for 1.5x the buffer's rows (Ray's ShufflingBatcher) decoded first.
+    buffer = config.shuffle_buffer if epoch != 0 else 0
+    shuffle = {"local_shuffle_buffer_size": buffer or None, "local_shuffle_seed": shuffle_seed}
     if not train:
         shuffle = {}
     if config.decode == "gpu":
         from resnet_platform.data.device_decode import DeviceDecoder
-        from resnet_platform.data.pipeline import skips_name_of
+        from resnet_platform.data.skip_ledger import ledger_name
 
         transform = transform_config_of(config, train=train)
         if train and image_size is not None:
@@ -66,7 +69,7 @@ def epoch_batches(
             transform,
             train=train,
             device=device,
-            skips_name=skips_name_of(config.data, "train" if train else "val"),
+            skips_name=ledger_name(config.run_uri, "train" if train else "val"),
         )
         raw = shard.iter_batches(
             batch_size=config.micro_batch_size,

@@ -34,6 +34,7 @@ from . import elastic
 from .accumulate import Accumulator, with_last
 from .checkpoint import TrainingState, load_checkpoint, model_config_of, restore_rng, save_checkpoint
 from .config import TrainConfig
+from .data_wait import watched
 from .device import Normalizer, resolve_amp, seed_everything, unwrap
 from .epoch import EpochStats, EpochSums, epoch_metrics, evaluate_models, format_epoch
 from .faults import maybe_inject_fault
@@ -202,14 +203,21 @@ class WorkerRun:
         self.position = None
         size = self.techniques.train_size(epoch)
         batches = epoch_batches(
-            self.train_shard, config, self.device, train=True, shuffle_seed=shuffle_seed, image_size=size
+            self.train_shard,
+            config,
+            self.device,
+            train=True,
+            shuffle_seed=shuffle_seed,
+            image_size=size,
+            epoch=epoch,
         )
+        batches = watched(batches, config, "train", self.rank)  # train/data_wait.py: never a silent wait
         train = self.train_epoch(batches, plan=plan, carried=carried, image_size=size)
         evals = self.validate()
         if (
             self.rank == 0
         ):  # every worker has consumed its rows (the evaluation all-reduced): skips are recorded
-            check_skip_budget(config.data, ("train", "val"), config.max_skipped_fraction)
+            check_skip_budget(config.data, ("train", "val"), config.max_skipped_fraction, run=config.run_uri)
         metrics = self.end_epoch(epoch, train, evals, started_at, size)
         save_now = self.state.epoch % config.checkpoint_every == 0 or self.state.epoch == config.epochs
         self.report_epoch(metrics, f"checkpoint_epoch_{self.state.epoch:04d}" if save_now else None)
@@ -307,6 +315,7 @@ class WorkerRun:
         from .worker_data import epoch_batches
 
         batches = epoch_batches(self.val_shard, self.config, self.device, train=False, shuffle_seed=None)
+        batches = watched(batches, self.config, "val", self.rank)  # train/data_wait.py: never a silent wait
         models = self.techniques.eval_models(self.model) if self.techniques is not None else {"": self.model}
         return evaluate_models(models, batches, self.criterion, self.amp_dtype, self.normalize, self.device)
 
