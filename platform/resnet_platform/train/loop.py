@@ -33,7 +33,7 @@ from resnet_platform.data.transforms import (
 )
 from resnet_platform.models import build_model
 
-from . import elastic
+from . import elastic, init_from
 from .accumulate import Accumulator, with_last
 from .checkpoint import TrainingState, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig
@@ -411,6 +411,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         torch.backends.cudnn.benchmark = True
 
     model = build_model(config.arch, config.num_classes, **model_config_of(config)["options"])
+    model = init_from.apply(model, config)  # --init-from weights and --freeze, before DDP wraps it
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)

@@ -41,6 +41,7 @@ from resnet_platform import storage
 from resnet_platform._compat import asha_max_t, watch_tune_interrupt
 from resnet_platform.tracking.sweep_runs import SweepRun, TrialEnd, TrialRun
 from resnet_platform.tracking.training_run import Recorded, TrainingRun
+from resnet_platform.train import init_from
 from resnet_platform.train.config import TrainConfig
 
 from . import trials
@@ -185,6 +186,9 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
     manifest = read_manifest(base.data)
     check_prepared_data(base.data, manifest)  # before any trial starts: splits, label range
     base = replace(base, num_classes=len(manifest.classes), storage=base.storage_uri())
+    for arch in config.space.archs:  # --init-from fits every network of the grid, pinned once for all
+        base, _ = init_from.prepare(replace(base, arch=arch))
+    base = replace(base, arch=config.base.arch)
     storage.check_writable(base.storage)  # write access proved before any trial starts
     name = config.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     fs, root = storage.resolve(base.storage)
