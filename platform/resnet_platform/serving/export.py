@@ -143,6 +143,8 @@ def _fetch(config: ExportConfig, tmp: Path) -> SourceModel:
         if is_mlflow_uri(uri):
             origin = pin_model_uri(uri, config.tracking_uri)
             uri, run_id = origin.uri, origin.run_id
+        elif not Path(uri).exists():
+            raise ExportError(f"{uri}: no such model directory (or models:/NAME@ALIAS, models:/NAME/VERSION)")
         elif not (Path(uri) / "MLmodel").is_file():
             raise ExportError(
                 f"{uri}: input size unknown (not a logged model: a state dict or checkpoint records no "
