@@ -13,6 +13,7 @@ import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
 from resnet_platform.console import add_verbose_flag, configure_output
 from resnet_platform.data.checks import DataCheckError
+from resnet_platform.train.init_from import InitFromError
 from resnet_platform.tune.cli import build_parser, config_from_args
 from resnet_platform.tune.sweep import SweepExistsError, format_report, run_sweep
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_sweep(config)
     except SweepExistsError as err:
         parser.error(str(err))
-    except DataCheckError as err:  # bad data, found before any trial starts: one line
+    except (DataCheckError, InitFromError) as err:  # bad data or weights, found before any trial starts
         parser.exit(1, f"{parser.prog}: error: {err}\n")
     print(format_report(outcome))
     return 3 if outcome.interrupted else 0

@@ -25,6 +25,7 @@ from resnet_platform.data.checks import DataCheckError
 from resnet_platform.paper.recipe import CIFAR_RECIPE, PAPER_ITERATIONS, PAPER_MILESTONES, train_cifar
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
 from resnet_platform.train.config import FLAG_GROUPS, TrainConfig
+from resnet_platform.train.init_from import InitFromError
 from resnet_platform.train.main import format_report
 
 # The training settings this job exposes; their defaults are the paper's CIFAR recipe.
@@ -32,6 +33,7 @@ CIFAR_TRAIN_FLAGS = (
     "arch", "batch_size", "lr", "momentum", "weight_decay", "augmentation", "num_workers", "use_gpu",
     "cpus_per_worker", "data_node_label", "data_node_resource", "seed", "storage", "name", "resume",
     "max_failures", "checkpoint_every", "experiment", "tracking_uri", "register_as",
+    "init_from", "freeze", "head_lr_factor",
 )  # fmt: skip
 
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs,
             **values_from_args(args, TrainConfig, only=CIFAR_TRAIN_FLAGS),
         )
-    except (DataCheckError, FileNotFoundError) as err:  # the archive or its data: one line naming it
+    except (DataCheckError, FileNotFoundError, InitFromError) as err:  # the archive, its data, --init-from
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     except ValueError as err:
         parser.error(str(err))

@@ -17,6 +17,7 @@ from resnet_platform.data.checks import DataCheckError
 from resnet_platform.storage import StorageError
 from resnet_platform.tracking.training_run import TrackingUnavailableError
 from resnet_platform.train.cli import build_parser, config_from_args
+from resnet_platform.train.init_from import InitFromError
 from resnet_platform.train.main import format_report, train_and_track
 from resnet_platform.train.recipes import describe
 
@@ -32,10 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     print(describe(config), flush=True)  # the effective values (MLflow gets them all as params)
-    # Bad data (named data set, split or shard), storage or MLflow the run cannot use: one line.
+    # Bad data (named data set, split or shard), storage, MLflow or --init-from the run cannot use: one line.
     try:
         outcome = train_and_track(config, track=not args.no_mlflow)
-    except (DataCheckError, StorageError, TrackingUnavailableError) as err:
+    except (DataCheckError, StorageError, TrackingUnavailableError, InitFromError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
     print(format_report(outcome))
     return 0

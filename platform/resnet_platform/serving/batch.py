@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ["jpg", "jpeg", "png"]  # Ray matches them case-insensitively
 BATCH_EXPERIMENT = "batch-predict"
+RUNTIMES = ("torch", "onnx")
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -72,6 +73,12 @@ class BatchPredictConfig:
     use_gpu: bool = setting(False, "one GPU per model actor", group="compute")
     cpus_per_actor: float = setting(
         1.0, "CPUs reserved by each model actor (its torch threads)", group="compute"
+    )
+    runtime: str = setting(
+        "torch",
+        "torch: the registered network; onnx: its export (jobs/export_model.py) in ONNX Runtime, CPU only",
+        group="compute",
+        choices=RUNTIMES,
     )
     decode_cpus: float = setting(1.0, "CPUs per read/decode task", group="data")
     data_node_label: str | None = setting(
@@ -243,9 +250,8 @@ class TopKPredictor:
         indices: list[list[int]] = [[] for _ in range(n)]
         probs: list[list[float]] = [[] for _ in range(n)]
         if ok.any():
-            x = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).to(self.device)
-            p = self.model.predict_proba(self.model.preprocess.normalize(x))
-            top = p.topk(self.k, dim=1)
+            p = self.probabilities(np.ascontiguousarray(batch["image"][ok]))
+            top = torch.as_tensor(p).topk(self.k, dim=1)
             rows = np.flatnonzero(ok)
             for r, vals, idx in zip(rows, top.values.tolist(), top.indices.tolist(), strict=True):
                 indices[r], probs[r] = idx, vals
@@ -260,6 +266,13 @@ class TopKPredictor:
             },
             schema=OUTPUT_SCHEMA,
         )
+
+    def probabilities(self, images: np.ndarray):
+        """uint8 NHWC crops -> softmax probabilities [N, classes]."""
+        import torch
+
+        x = torch.from_numpy(images).to(self.device)
+        return self.model.predict_proba(self.model.preprocess.normalize(x))
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -355,13 +368,19 @@ def batch_predict(config: BatchPredictConfig) -> BatchPredictSummary:
         # forward pass and off the data nodes. A remote-args function is never fused.
         ray_remote_args_fn=functools.partial(data_task_args, config.placement),
     )
+    predictor, kwargs = TopKPredictor, {"use_gpu": config.use_gpu}
+    if config.runtime == "onnx":  # the export, found (or refused in one line) before any actor starts
+        from .onnx_runtime import OnnxTopKPredictor, check_export
+
+        predictor, kwargs = OnnxTopKPredictor, {"threads": max(1, int(config.cpus_per_actor))}
+        check_export(model_uri, tracking_uri, config.use_gpu)
     ds = ds.map_batches(
-        TopKPredictor,
+        predictor,
         fn_constructor_kwargs={
             "model_uri": model_uri,
             "tracking_uri": tracking_uri,
             "top_k": config.top_k,
-            "use_gpu": config.use_gpu,
+            **kwargs,
         },
         batch_size=config.batch_size,
         batch_format="numpy",

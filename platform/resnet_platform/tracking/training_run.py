@@ -29,7 +29,9 @@ from typing import Any
 from .curves import plot_error_curves
 from .inference import ModelSpec
 from .limits import TrackingLimits, bounded_mlflow_http, is_outage
+from .lineage import record_run_origin, record_version_parent
 from .model_logging import log_resnet_model
+from .origin import WeightsOrigin
 from .params import redact
 from .runs import client_for, end_run, find_run, resolve_tracking_uri, start_run
 from .worker_logger import RunLogger
@@ -254,6 +256,16 @@ class TrainingRun:
                         f" as {info.registered_uri}" if info.version else "",
                     )
         return Recorded(model_uri, model_version, self.close())
+
+    def record_origin(self, origin: WeightsOrigin) -> None:
+        """Tag the run with where its initial weights came from (``--init-from``)."""
+        with bounded_mlflow_http(self.limits):
+            record_run_origin(self.tracking_uri, self.run_id, origin)
+
+    def record_parent(self, name: str, version: str, origin: WeightsOrigin) -> None:
+        """Name the parent on the version this run registered (tags and description)."""
+        with bounded_mlflow_http(self.limits):
+            record_version_parent(self.tracking_uri, name, version, origin)
 
     def log_results(
         self,

@@ -75,6 +75,7 @@ FLAG_GROUPS = {
     "execution": "execution",
     "checkpoints": "checkpoints and recovery",
     "tracking": "tracking (MLflow)",
+    "finetune": "fine-tuning (start from trained weights: train/init_from.py)",
     "recipe": "recipe and modern techniques (--recipe fills these; a flag overrides; off in the paper's)",
 }
 
@@ -304,6 +305,21 @@ class TrainConfig:
         (0.7, 0.83), "progressive resizing ramp: start,end as fractions of the epochs", group="recipe"
     )
     progressive_step: int = setting(32, "progressive sizes are multiples of this", group="recipe")
+    # fine-tuning (train/init_from.py, models/freeze.py)
+    init_from: str | None = setting(
+        None,
+        "start from these weights: a state dict file, models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID"
+        "[/MODEL], or a checkpoint folder (path or s3://); the classifier is replaced when the class count "
+        "differs, optimizer and epochs start fresh",
+        group="finetune",
+        metavar="SOURCE",
+    )
+    freeze: str | None = setting(
+        None, "parts that stay as loaded: e.g. stem,layer1,layer2 or all-but-head", group="finetune"
+    )
+    head_lr_factor: float = setting(
+        1.0, "the classifier's learning rate, as a multiple of --lr", group="finetune"
+    )
     fault: FaultInjection | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

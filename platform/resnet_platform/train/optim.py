@@ -8,21 +8,37 @@ import math
 import torch
 from torch import nn
 
+from resnet_platform.models.freeze import head_parameters
+
 from .config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum; optionally no weight decay on BN parameters and biases (1-d tensors)."""
+    """SGD with momentum; optionally no weight decay on BN parameters and biases (1-d tensors).
+    Frozen parameters (``--freeze``) are left out; ``--head-lr-factor`` gives the classifier its own
+    groups at that multiple of every rate (the schedule scales each group's own base rate)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if config.no_bn_weight_decay:
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.ndim <= 1]
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
         groups = [
             {"params": decay, "weight_decay": config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
     else:
-        groups = [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
+        groups = [{"params": params, "weight_decay": config.weight_decay}]
+    if config.head_lr_factor != 1.0:
+        groups = split_head(groups, head_parameters(model), config.base_lr * config.head_lr_factor)
     return torch.optim.SGD(groups, lr=config.base_lr, momentum=config.momentum)
+
+
+def split_head(groups: list[dict], head: list[nn.Parameter], head_lr: float) -> list[dict]:
+    """Each group split in two: the classifier's parameters (rate ``head_lr``) after the rest, so
+    ``param_groups[0]`` (the rate logged as ``lr``) stays the backbone's."""
+    ids = {id(p) for p in head}
+    body = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
+    heads = [{**g, "params": [p for p in g["params"] if id(p) in ids], "lr": head_lr} for g in groups]
+    return [g for g in body + heads if g["params"]]
 
 
 def lr_factor(epoch: int, config: TrainConfig) -> float:

@@ -26,6 +26,7 @@ from resnet_platform.data.checks import check_prepared_data, check_splits, find_
 from resnet_platform.data.manifest import Manifest, read_manifest
 from resnet_platform.data.skip_ledger import close_ledgers
 
+from . import init_from
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data_config import ExactValidationDataConfig
@@ -192,12 +193,15 @@ def run_training(
     storage.check_writable(config.storage_uri())
     config = prepare_config(config, manifest)
     check_run_name(config)
+    config, origin = init_from.prepare(config)  # --init-from checked and pinned before any worker starts
     ensure_ray()
     try:
         if tracker is not None:
             from .run_record import describe_run, training_record  # tracked runs only: imports MLflow
 
             config = replace(config, mlflow_run_id=tracker.open(describe_run(config)))
+            if origin is not None:
+                tracker.record_origin(origin)
         trainer = build_trainer(
             config, datasets if datasets is not None else build_datasets(config), callbacks=callbacks
         )
@@ -224,6 +228,8 @@ def run_training(
         except BaseException:
             tracker.close(failed=True)
             raise
+        if origin is not None and recorded.model_version:
+            tracker.record_parent(config.register_as, recorded.model_version, origin)
         outcome.model_uri = recorded.model_uri
         outcome.model_version = recorded.model_version
         outcome.mlflow_closed = recorded.closed

@@ -30,7 +30,7 @@ from resnet_platform.data.checks import check_skip_budget
 from resnet_platform.data.transforms import NORMALIZATION_STATS
 from resnet_platform.models import build_model
 
-from . import elastic
+from . import elastic, init_from
 from .accumulate import Accumulator, with_last
 from .checkpoint import TrainingState, load_checkpoint, model_config_of, restore_rng, save_checkpoint
 from .config import TrainConfig
@@ -118,6 +118,7 @@ class WorkerRun:
         elif device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         model = build_model(config.arch, config.num_classes, **model_config_of(config)["options"])
+        model = init_from.apply(model, config)  # --init-from weights and --freeze, before DDP wraps it
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model = ray.train.torch.prepare_model(model)

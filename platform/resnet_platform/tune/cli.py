@@ -19,6 +19,7 @@ SHARED_TRAINING_FLAGS = (
     "data", "image_size", "augmentation", *DATA_PATH_FLAGS, *DATA_LIMIT_FLAGS,
     "epochs", "batch_size", "weight_decay", "lr_schedule",
     "warmup_epochs", "use_gpu", "cpus_per_worker", "seed", "storage", "experiment", "tracking_uri",
+    "init_from", "freeze", "head_lr_factor",
 )  # fmt: skip
 SWEEP_DEFAULTS = {"lr_schedule": "cosine", "experiment": "resnet-sweeps"}
 
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         p,
         TrainConfig,
         groups={"data": "training data (shared by every trial)", "optimization": "training (shared by every trial)",
-                "execution": "trial resources", "checkpoints": "storage and tracking", "tracking": "storage and tracking"},
+                "execution": "trial resources", "checkpoints": "storage and tracking", "tracking": "storage and tracking",
+                "finetune": "fine-tuning (shared by every trial)"},
         only=SHARED_TRAINING_FLAGS,
         required=("data",),
         defaults=SWEEP_DEFAULTS,

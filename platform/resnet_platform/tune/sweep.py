@@ -33,6 +33,7 @@ from typing import Any
 from resnet_platform import storage
 from resnet_platform._compat import asha_max_t, watch_tune_interrupt
 from resnet_platform.tracking.sweep_runs import SweepRun, TrialEnd
+from resnet_platform.train import init_from
 from resnet_platform.train.config import TrainConfig
 
 from . import trials
@@ -142,6 +143,9 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     manifest = read_manifest(base.data)
     check_prepared_data(base.data, manifest)  # before any trial starts: splits, label range
     base = replace(base, num_classes=len(manifest.classes), storage=base.storage_uri())
+    for arch in config.space.archs:  # --init-from fits every network of the grid, pinned once for all
+        base, _ = init_from.prepare(replace(base, arch=arch))
+    base = replace(base, arch=config.base.arch)
     storage.check_writable(base.storage)  # write access proved before any trial starts
     name = config.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     fs, root = storage.resolve(base.storage)

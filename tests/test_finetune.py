@@ -1,0 +1,101 @@
+"""Fine-tuning on Ray Train with the digits: a ResNet-20 trained on classes 0-4, registered, then
+fine-tuned with --init-from on classes 0-9 (head replaced) beats the same run from scratch; the run
+and its registered version name the parent; --freeze all-but-head trains only the head."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from test_train import small_config
+
+from resnet_platform.train.checkpoint import load_checkpoint
+from resnet_platform.train.main import train_and_track
+from resnet_platform.train.runner import run_training
+
+pytestmark = pytest.mark.slow  # six short Ray Train runs
+
+
+@pytest.fixture(scope="module")
+def first_five_digits(digits_folder, ray_local, tmp_path_factory) -> str:
+    """The digits of classes 0-4 only, prepared: the parent's data."""
+    from resnet_platform.data.digits import DIGIT_NAMES, DIGIT_WNIDS
+    from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
+
+    root = tmp_path_factory.mktemp("digits-0-4")
+    for split in ("train", "val"):
+        for wnid in DIGIT_WNIDS[:5]:
+            shutil.copytree(digits_folder.root / split / wnid, root / "src" / split / wnid)
+    (root / "src" / "synset_words.txt").write_text(
+        "".join(f"{w} {n}\n" for w, n in zip(DIGIT_WNIDS[:5], DIGIT_NAMES[:5], strict=True))
+    )
+    out = root / "shards"
+    prepare_imagenet(PrepareConfig(source=str(root / "src"), output=str(out), shard_size_mb=0.25))
+    return str(out)
+
+
+def _two_epochs(data: str, storage: Path, **overrides):
+    """Short and cheap: 16 px, one worker, 2 epochs (the fine-tuned and scratch runs alike)."""
+    values = dict(epochs=2, num_workers=1, cpus_per_worker=1.0, batch_size=64, lr=0.1)
+    return small_config(data, storage, **{**values, **overrides})
+
+
+def test_finetuned_beats_scratch_and_names_its_parent(
+    first_five_digits, digits_shards, ray_local, mlflow_server, tmp_path
+):
+    uri, parent_name = mlflow_server.uri, f"digits-0-4-{uuid.uuid4().hex[:6]}"
+    child_name = f"{parent_name}-ft"
+    client = MlflowClient(uri)
+    parent = train_and_track(
+        _two_epochs(first_five_digits, tmp_path, name="parent", epochs=3, tracking_uri=uri,
+                    experiment="finetune-tests", register_as=parent_name)
+    )  # fmt: skip
+    client.set_registered_model_alias(parent_name, "base", parent.model_version)
+
+    errors = {"init": [], "scratch": []}
+    for seed in (0, 1):
+        tuned = train_and_track(
+            _two_epochs(digits_shards, tmp_path, name=f"ft-{seed}", seed=seed, tracking_uri=uri,
+                        experiment="finetune-tests", init_from=f"models:/{parent_name}@base",
+                        register_as=child_name if seed == 0 else None)
+        )  # fmt: skip
+        scratch = run_training(_two_epochs(digits_shards, tmp_path, name=f"scratch-{seed}", seed=seed))
+        errors["init"].append(tuned.history[-1]["val_top1_error"])
+        errors["scratch"].append(scratch.history[-1]["val_top1_error"])
+        if seed == 0:
+            first_tuned = tuned
+    # Every seed: the fine-tuned network (head replaced, 5 -> 10 classes) is ahead after 2 epochs.
+    assert all(i < s for i, s in zip(errors["init"], errors["scratch"], strict=True)), errors
+
+    # The run and the registered version name the parent: the alias pinned to its version.
+    parent_uri = f"models:/{parent_name}/{parent.model_version}"
+    tags = client.get_run(first_tuned.mlflow_run_id).data.tags
+    assert tags["init_from"] == parent_uri
+    assert tags["parent_model_name"] == parent_name and tags["parent_model_version"] == parent.model_version
+    assert tags["parent_run_id"] == parent.mlflow_run_id
+    version = client.get_model_version(child_name, first_tuned.model_version)
+    assert version.tags["init_from"] == parent_uri and version.tags["parent_run_id"] == parent.mlflow_run_id
+    assert f"registered model {parent_name} version {parent.model_version}" in version.description
+
+    # Optimizer state and the epoch counter start fresh: 2 epochs of this run, not 3 + 2.
+    assert [int(h["epoch"]) for h in first_tuned.history] == [1, 2]
+
+
+def test_freeze_all_but_head_trains_only_the_head(first_five_digits, digits_shards, ray_local, tmp_path):
+    parent = run_training(_two_epochs(first_five_digits, tmp_path, name="parent", epochs=1))
+    parent_dir = sorted(Path(parent.run_path).glob("checkpoint_epoch_*"))[-1]  # a checkpoint as the source
+    tuned = run_training(
+        _two_epochs(digits_shards, tmp_path, name="frozen", epochs=1, init_from=str(parent_dir),
+                    freeze="all-but-head", head_lr_factor=10.0)
+    )  # fmt: skip
+    before = load_checkpoint(parent_dir)["model"]
+    after = load_checkpoint(sorted(Path(tuned.run_path).glob("checkpoint_epoch_*"))[-1])["model"]
+    body = [k for k in before if not k.startswith("fc.")]
+    # Every backbone tensor as loaded: weights and the BatchNorm running statistics.
+    assert body and all(torch.equal(before[k], after[k]) for k in body)
+    assert after["fc.weight"].shape == (10, 64) and before["fc.weight"].shape == (5, 64)
+    assert tuned.history[-1]["train_loss"] < 2.3  # the head learned (chance: ln 10 = 2.30)
