@@ -198,7 +198,7 @@ def prepare(config: TrainConfig) -> tuple[TrainConfig, WeightsOrigin | None]:
         if config.freeze:
             raise InitFromError("--freeze needs --init-from: frozen random weights would never learn")
         return config, None
-    from .loop import model_config_of  # the worker's own model options
+    from .checkpoint import model_config_of  # the worker's own model options
 
     options = model_config_of(config)["options"]
     model = _meta_model(config.arch, config.num_classes, options)
