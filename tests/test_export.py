@@ -116,12 +116,22 @@ def test_cifar_export_logged_and_onnx_batch_predict_matches_torch(
     assert max(abs(r["top_probabilities"][0] - by_key[r["key"]]["top_probabilities"][0]) for r in rows) < 1e-4
 
 
-def _one_line_error(cmd: list[str]) -> str:
-    done = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0, done.stdout
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    return lines[0]
+def _one_line_errors(commands: dict[str, list[str]]) -> dict[str, str]:
+    """Run the job commands at once (each pays the torch/Ray import): each must exit non-zero with
+    exactly one line on stderr and no traceback; returns that line by name."""
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, cmd in commands.items()
+    }
+    lines = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode != 0, (name, out)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (name, err)
+        lines[name] = err.strip()
+    return lines
 
 
 def test_bad_inputs_are_one_line_before_any_worker(
@@ -131,17 +141,20 @@ def test_bad_inputs_are_one_line_before_any_worker(
     torch.save(build_model("resnet18", 10).state_dict(), tmp_path / "resnet18.pth")
     train = [str(ROOT / "jobs" / "train_imagenet.py"), "--data", digits_shards, "--arch", "cifar_resnet20",
              "--storage", str(tmp_path / "runs"), "--num-workers", "1", "--no-mlflow"]  # fmt: skip
-    missing = _one_line_error([*train, "--init-from", str(tmp_path / "nope.pth")])
-    assert "no such file" in missing and "nope.pth" in missing
-    other = _one_line_error([*train, "--init-from", str(tmp_path / "resnet18.pth")])
-    assert "holds a resnet18 state dict, not cifar_resnet20" in other
-    alias = _one_line_error(
-        [*train, "--init-from", f"models:/{reg.name}@no-such-alias", "--tracking-uri", reg.tracking_uri]
-    )
-    assert f"no version of '{reg.name}' holds the alias @no-such-alias" in alias
-    export = [str(ROOT / "jobs" / "export_model.py"), "--images", digits_shards]
-    unknown = _one_line_error([*export, "--model", str(tmp_path / "resnet18.pth")])
-    assert "input size unknown" in unknown
+    errors = _one_line_errors(
+        {
+            "missing": [*train, "--init-from", str(tmp_path / "nope.pth")],
+            "other": [*train, "--init-from", str(tmp_path / "resnet18.pth")],
+            "alias": [*train, "--init-from", f"models:/{reg.name}@no-such-alias", "--tracking-uri", reg.tracking_uri],
+            "unknown": [str(ROOT / "jobs" / "export_model.py"), "--images", digits_shards,
+                        "--model", str(tmp_path / "resnet18.pth")],
+        }
+    )  # fmt: skip
+    assert "no such file" in errors["missing"] and "nope.pth" in errors["missing"]
+    assert "holds a resnet18 state dict, not cifar_resnet20" in errors["other"]
+    assert f"no version of '{reg.name}' holds the alias @no-such-alias" in errors["alias"]
+    assert "input size unknown" in errors["unknown"]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no run started
     with pytest.raises(BatchPredictError, match="no ONNX export"):  # found before any actor starts
         batch_predict(
             BatchPredictConfig(model=str(cifar_model_dir), input=digits_shards, output=str(tmp_path / "o"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from resnet_platform.train.checkpoint import load_checkpoint
 from resnet_platform.train.main import train_and_track
 from resnet_platform.train.runner import run_training
 
-pytestmark = pytest.mark.slow  # six short Ray Train runs
+pytestmark = pytest.mark.slow  # six short Ray Train runs (one is the module's parent)
 
 
 @pytest.fixture(scope="module")
@@ -44,50 +45,58 @@ def _two_epochs(data: str, storage: Path, **overrides):
     return small_config(data, storage, **{**values, **overrides})
 
 
-def test_finetuned_beats_scratch_and_names_its_parent(
-    first_five_digits, digits_shards, ray_local, mlflow_server, tmp_path
-):
-    uri, parent_name = mlflow_server.uri, f"digits-0-4-{uuid.uuid4().hex[:6]}"
-    child_name = f"{parent_name}-ft"
-    client = MlflowClient(uri)
-    parent = train_and_track(
-        _two_epochs(first_five_digits, tmp_path, name="parent", epochs=3, tracking_uri=uri,
-                    experiment="finetune-tests", register_as=parent_name)
+@dataclass
+class Parent:
+    outcome: object  # TrainingOutcome of the run on classes 0-4
+    name: str  # registered as, with alias @base
+    tracking_uri: str
+
+
+@pytest.fixture(scope="module")
+def parent(first_five_digits, ray_local, mlflow_server, tmp_path_factory) -> Parent:
+    """ResNet-20 trained on the digits 0-4 (3 epochs), registered, @base set on its version."""
+    name = f"digits-0-4-{uuid.uuid4().hex[:6]}"
+    outcome = train_and_track(
+        _two_epochs(first_five_digits, tmp_path_factory.mktemp("parent"), name="parent", epochs=3,
+                    tracking_uri=mlflow_server.uri, experiment="finetune-tests", register_as=name)
     )  # fmt: skip
-    client.set_registered_model_alias(parent_name, "base", parent.model_version)
+    MlflowClient(mlflow_server.uri).set_registered_model_alias(name, "base", outcome.model_version)
+    return Parent(outcome, name, mlflow_server.uri)
 
-    errors = {"init": [], "scratch": []}
-    for seed in (0, 1):
-        tuned = train_and_track(
-            _two_epochs(digits_shards, tmp_path, name=f"ft-{seed}", seed=seed, tracking_uri=uri,
-                        experiment="finetune-tests", init_from=f"models:/{parent_name}@base",
-                        register_as=child_name if seed == 0 else None)
-        )  # fmt: skip
-        scratch = run_training(_two_epochs(digits_shards, tmp_path, name=f"scratch-{seed}", seed=seed))
-        errors["init"].append(tuned.history[-1]["val_top1_error"])
-        errors["scratch"].append(scratch.history[-1]["val_top1_error"])
-        if seed == 0:
-            first_tuned = tuned
-    # Every seed: the fine-tuned network (head replaced, 5 -> 10 classes) is ahead after 2 epochs.
-    assert all(i < s for i, s in zip(errors["init"], errors["scratch"], strict=True)), errors
 
-    # The run and the registered version name the parent: the alias pinned to its version.
-    parent_uri = f"models:/{parent_name}/{parent.model_version}"
-    tags = client.get_run(first_tuned.mlflow_run_id).data.tags
-    assert tags["init_from"] == parent_uri
-    assert tags["parent_model_name"] == parent_name and tags["parent_model_version"] == parent.model_version
-    assert tags["parent_run_id"] == parent.mlflow_run_id
-    version = client.get_model_version(child_name, first_tuned.model_version)
-    assert version.tags["init_from"] == parent_uri and version.tags["parent_run_id"] == parent.mlflow_run_id
-    assert f"registered model {parent_name} version {parent.model_version}" in version.description
-
+@pytest.mark.parametrize("seed", [0, 1])
+def test_finetuned_beats_scratch(parent, digits_shards, ray_local, tmp_path, seed):
+    """Per seed: the fine-tuned network (head replaced, 5 -> 10 classes) has the lower validation
+    error after 2 epochs. Seed 0's run is tracked and registered: it and its version name the parent."""
+    tracked = seed == 0
+    child = f"{parent.name}-ft"
+    tuned = train_and_track(
+        _two_epochs(digits_shards, tmp_path, name="ft", seed=seed, init_from=f"models:/{parent.name}@base",
+                    tracking_uri=parent.tracking_uri, experiment="finetune-tests",
+                    register_as=child if tracked else None),
+        track=tracked,
+    )  # fmt: skip
+    scratch = run_training(_two_epochs(digits_shards, tmp_path, name="scratch", seed=seed))
+    errors = (tuned.history[-1]["val_top1_error"], scratch.history[-1]["val_top1_error"])
+    assert errors[0] < errors[1], errors
     # Optimizer state and the epoch counter start fresh: 2 epochs of this run, not 3 + 2.
-    assert [int(h["epoch"]) for h in first_tuned.history] == [1, 2]
+    assert [int(h["epoch"]) for h in tuned.history] == [1, 2]
+    if not tracked:
+        return
+    # The run and the registered version name the parent: the alias pinned to its version.
+    client = MlflowClient(parent.tracking_uri)
+    version, run_id = parent.outcome.model_version, parent.outcome.mlflow_run_id
+    parent_uri = f"models:/{parent.name}/{version}"
+    tags = client.get_run(tuned.mlflow_run_id).data.tags
+    assert tags["init_from"] == parent_uri and tags["parent_run_id"] == run_id
+    assert tags["parent_model_name"] == parent.name and tags["parent_model_version"] == version
+    registered = client.get_model_version(child, tuned.model_version)
+    assert registered.tags["init_from"] == parent_uri and registered.tags["parent_run_id"] == run_id
+    assert f"registered model {parent.name} version {version}" in registered.description
 
 
-def test_freeze_all_but_head_trains_only_the_head(first_five_digits, digits_shards, ray_local, tmp_path):
-    parent = run_training(_two_epochs(first_five_digits, tmp_path, name="parent", epochs=1))
-    parent_dir = sorted(Path(parent.run_path).glob("checkpoint_epoch_*"))[-1]  # a checkpoint as the source
+def test_freeze_all_but_head_trains_only_the_head(parent, digits_shards, ray_local, tmp_path):
+    parent_dir = sorted(Path(parent.outcome.run_path).glob("checkpoint_epoch_*"))[-1]  # a checkpoint source
     tuned = run_training(
         _two_epochs(digits_shards, tmp_path, name="frozen", epochs=1, init_from=str(parent_dir),
                     freeze="all-but-head", head_lr_factor=10.0)
