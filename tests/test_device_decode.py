@@ -53,8 +53,10 @@ def test_device_decoder_gives_the_cpu_paths_pixels_for_the_same_draws(augmentati
     out = decoder({"image": np.array(IMAGES, dtype=object), "label": np.arange(len(IMAGES))})
     assert out["image"].dtype == torch.uint8 and tuple(out["image"].shape) == (len(IMAGES), 96, 96, 3)
     assert out["label"].tolist() == list(range(len(IMAGES)))
-    # Same box, same flip, same kernel: the same pixels (on a GPU nvJPEG's rounding differs by a level).
-    assert np.array_equal(out["image"].numpy(), expected)
+    # Same box and flip; nvImageCodec's CPU backend decodes the window to torchvision's pixels, and
+    # the batched resize is the CPU path's within a level (its rounding of the weights differs).
+    diff = np.abs(out["image"].numpy().astype(np.int16) - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 def test_crop_resize_matches_pil_within_a_small_tolerance():
