@@ -13,8 +13,11 @@ import pytest
 import torch
 from PIL import Image
 from test_train import small_config
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from resnet_platform.data.batched_resize import crop_resize_batch
 from resnet_platform.data.device_decode import DeviceDecoder
+from resnet_platform.data.nvimgcodec_adapter import region_decoder
 from resnet_platform.data.pipeline import (
     TransformConfig,
     build_split_dataset,
@@ -101,15 +104,81 @@ def test_random_crops_follow_torchvisions_distribution():
 
 
 def test_undecodable_rows_are_skipped_and_counted():
+    """An unreadable header and a JPEG cut in half (its header parses, the batched decode call
+    returns nothing for it) are skipped; the rest of the batch is decoded."""
     t = TransformConfig(image_size=32)
     decoder = DeviceDecoder(t, train=True, device="cpu")
     batch = {
-        "image": np.array([IMAGES[0], b"not a jpeg", IMAGES[1]], dtype=object),
-        "label": np.array([3, 4, 5]),
+        "image": np.array(
+            [IMAGES[0], b"not a jpeg", IMAGES[1], IMAGES[2][: len(IMAGES[2]) // 2]], dtype=object
+        ),
+        "label": np.array([3, 4, 5, 6]),
     }
     out = decoder(batch)
     assert out["label"].tolist() == [3, 5] and out["image"].shape[0] == 2
-    assert decoder.skipped == 1
+    assert decoder.skipped == 2 and decoder.counts.by_backend == {"cpu": 2}
+
+
+def test_batched_resize_is_the_cpu_paths_within_one_level():
+    """Crop, antialiased resize and flip of differently sized images in one batch equal
+    ``transforms.crop_resize`` of each (the CPU path's kernel) within 1 level per pixel, shrinking
+    and enlarging, with 16-224 px outputs."""
+    rng = np.random.default_rng(3)
+    decoded = [decode_rgb(d) for d in IMAGES]
+    for size in (16, 48, 224):
+        images, crops = [], []
+        for k in range(10):
+            image = decoded[k % len(decoded)]
+            _, h, w = image.shape
+            x0, y0 = int(rng.integers(0, w - 8)), int(rng.integers(0, h - 8))
+            x1, y1 = int(rng.integers(x0 + 4, w + 1)), int(rng.integers(y0 + 4, h + 1))
+            images.append(image.permute(1, 2, 0).contiguous())
+            crops.append(Crop((x0, y0, x1, y1), flip=bool(k % 2)))
+        got = crop_resize_batch(images, [c.box for c in crops], [c.flip for c in crops], size)
+        expected = torch.stack(
+            [crop_resize(im.permute(2, 0, 1), c, size) for im, c in zip(images, crops, strict=True)]
+        )
+        diff = (got.int() - expected.permute(0, 2, 3, 1).int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, size
+
+
+class KernelOps(TorchDispatchMode):
+    """Counts the ops that launch work (views excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def test_batched_resize_takes_the_same_ops_for_any_batch_size():
+    def ops_for(n: int) -> int:
+        images = [torch.zeros((20 + i, 30 + 2 * i, 3), dtype=torch.uint8) for i in range(n)]
+        with KernelOps() as mode:
+            crop_resize_batch(images, [(0, 0, 30 + 2 * i, 20 + i) for i in range(n)], [True] * n, 16)
+        return mode.ops
+
+    assert ops_for(2) == ops_for(24) < 160  # about 140: the weights are built on the device too
+
+
+def test_region_decode_gives_the_whole_images_pixels():
+    """nvImageCodec's CPU backend decodes a window to exactly the pixels torchvision's decoder gives
+    for that window of the whole image, and the decoder's whole-image mode trains on the same crops."""
+    codec = region_decoder("cpu")
+    boxes = [(41, 30, 333, 300), (0, 0, 375, 500), (100, 7, 101, 8), (600, 150, 640, 200)]
+    windows, counts = codec.decode(codec.parse(IMAGES), boxes)
+    for data, box, window in zip(IMAGES, boxes, windows, strict=True):
+        left, top, right, bottom = box
+        assert torch.equal(window, decode_rgb(data).permute(1, 2, 0)[top:bottom, left:right])
+    assert counts.by_backend == {"cpu": 4} and counts.fallbacks == counts.failed == 0
+    t = TransformConfig(image_size=64)
+    batch = {"image": np.array(IMAGES, dtype=object), "label": np.arange(len(IMAGES))}
+    whole = DeviceDecoder(t, train=True, device="cpu", rng=np.random.default_rng(2), region=False)(batch)
+    region = DeviceDecoder(t, train=True, device="cpu", rng=np.random.default_rng(2))(batch)
+    assert torch.equal(whole["image"], region["image"])
 
 
 def test_device_decoder_refuses_cpu_only_transforms():
