@@ -188,6 +188,10 @@ class RegionDecoder:
                 else:
                     out[i] = self._as_tensor(image)
                     counts.by_backend[name] += 1
+            if name == "hardware" and len(todo) >= 8 and not counts.by_backend[name]:
+                # No engine visible (a VM without NVJPG, a GPU without one): stop offering it.
+                self.unavailable[name] = f"decoded none of a batch of {len(todo)}"
+                self._decoders.pop(name)
             todo = left_over
         counts.failed = len(todo) + sum(p.stream is None for p in parsed)
         return out, counts
