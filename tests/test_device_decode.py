@@ -267,20 +267,21 @@ def test_bad_data_node_label_is_one_line_from_the_job():
 
 @pytest.mark.slow
 def test_training_with_gpu_decode_path_on_cpu_learns_as_the_cpu_path_does(digits_shards, ray_local, tmp_path):
-    """The platform's own runs, --decode gpu (Ray Data ships bytes; each worker parses, draws the
-    RandomResizedCrop, region-decodes with nvImageCodec's CPU backend and resizes the batch) and
-    --decode cpu, same seed and recipe: the same validation error within a few points (one seed:
-    two more runs would add a minute to the suite)."""
+    """The platform's own runs, --decode gpu (Ray Data ships bytes; each worker parses, crops,
+    region-decodes with nvImageCodec's CPU backend and resizes the batch) and --decode cpu, same
+    seed: the same validation error within a few points. With the evaluation crop for training
+    ("none") both paths see the same pixels in the same seeded order; 3 epochs of RandomResizedCrop
+    at 16 px vary by 10-20 points from run to run on either path (measured: BENCHMARKS.md), too
+    much to compare, so the crop draws are compared pixel for pixel above instead. One seed here
+    (each pair of runs adds about a minute to the suite); seeds 0 and 1 in BENCHMARKS.md."""
     errors = {}
     for decode in ("gpu", "cpu"):
-        config = small_config(
-            digits_shards, tmp_path, epochs=3, name=f"decode-{decode}", decode=decode, augmentation="rrc"
-        )
+        config = small_config(digits_shards, tmp_path, epochs=3, name=f"decode-{decode}", decode=decode)
         history = run_training(config).history
         assert [int(h["epoch"]) for h in history] == [1, 2, 3]
         assert all(int(h["val_images"]) == 359 for h in history)  # every val image decoded
         errors[decode] = history[-1]["val_top1_error"]
-    assert errors["gpu"] < 0.5 and abs(errors["gpu"] - errors["cpu"]) < 0.06, errors
+    assert errors["gpu"] < 0.3 and abs(errors["gpu"] - errors["cpu"]) < 0.05, errors
     assert decode_failures(digits_shards, "train") == []
 
 
