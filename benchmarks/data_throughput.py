@@ -163,6 +163,51 @@ def ray_pass(uri: str, batch_size: int, expected: int, decode: str = "cpu") -> P
     return result
 
 
+def region_decode_batch(batch: dict) -> dict:
+    """The CPU path with region decode (a candidate, not the platform's path): nvImageCodec's CPU
+    backend decodes only each image's RandomResizedCrop window (the platform's draws), then the
+    CPU path's own uint8 resize and flip per image (``transforms.crop_resize``, the fast CPU kernel;
+    the batched matmul resize of ``--decode gpu`` is for GPUs)."""
+    import numpy as np
+
+    from resnet_platform.data import transforms
+    from resnet_platform.data.nvimgcodec_adapter import region_decoder
+    from resnet_platform.data.pipeline import TransformConfig, _one_thread, draw_crop_for
+
+    _one_thread()
+    t, rng, codec = TransformConfig(), np.random.default_rng(), region_decoder("cpu", cpu_threads=1)
+    parsed = codec.parse(batch["image"])
+    crops = [draw_crop_for(rng, q.width, q.height, t, True) for q in parsed]
+    windows, _ = codec.decode(parsed, [c.box for c in crops])
+    images = [
+        transforms.crop_resize(
+            w.permute(2, 0, 1), transforms.Crop((0, 0, w.shape[1], w.shape[0]), c.flip), 224
+        )
+        for w, c in zip(windows, crops, strict=True)
+    ]
+    return {"image": np.stack([im.permute(1, 2, 0).numpy() for im in images]), "label": batch["label"]}
+
+
+def region_pass(uri: str, batch_size: int, expected: int) -> Pass:
+    """:func:`region_decode_batch` as the pipeline's map_batches stage, consumed as the loop does."""
+    from resnet_platform.data.pipeline import TransformConfig, build_split_dataset
+
+    ds = build_split_dataset(uri, "train", train=True, transform=TransformConfig(), decode="gpu")
+    ds = ds.map_batches(
+        region_decode_batch, batch_size=batch_size, batch_format="numpy", zero_copy_batch=True
+    )
+
+    def batches():
+        return ds.iterator().iter_torch_batches(
+            batch_size=batch_size, prefetch_batches=2, local_shuffle_buffer_size=1024
+        )
+
+    cpu0 = ray_cpu_seconds()
+    result = timed_pass(batches, expected)
+    result.cpu_ms_per_image = 1000 * (ray_cpu_seconds() - cpu0) / max(result.images, 1)
+    return result
+
+
 def row(name: str, p: Pass, base: Pass | None) -> str:
     ratio = (
         f"{p.steady_ips / base.steady_ips:.2f}x | {p.whole_ips / base.whole_ips:.2f}x"
@@ -181,6 +226,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size-mb", type=float, default=64.0)
     p.add_argument("--workdir", default=None, help="keep generated data here (default: a temp dir)")
+    p.add_argument("--region-decode", action="store_true", help="add the region-decode CPU path's pass")
     a = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -211,14 +257,31 @@ def main() -> None:
     rows: list[tuple[str, Pass]] = []
     before = baseline(src, a.cpus, a.batch_size, a.images)
     rows.append((f"ImageFolder + DataLoader({a.cpus} workers), before", before))
-    print(rows[-1][0], f"{before.whole_ips:,.0f} whole, {before.steady_ips:,.0f} steady img/s", flush=True)
+    print(
+        rows[-1][0],
+        f"{before.whole_ips:,.0f} whole, {before.steady_ips:,.0f} steady img/s (load {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
     start_quiet_ray(a.cpus)
     try:
         for label, decode in (("platform, decode cpu, epoch 1", "cpu"), ("platform, decode cpu, epoch 2", "cpu"),
                               ("platform, decode gpu: CPU side (bytes + labels only)", "gpu")):  # fmt: skip
             r = ray_pass(shards, a.batch_size, a.images, decode)
             rows.append((label, r))
-            print(label, f"{r.whole_ips:,.0f} whole, {r.steady_ips:,.0f} steady img/s", flush=True)
+            print(
+                label,
+                f"{r.whole_ips:,.0f} whole, {r.steady_ips:,.0f} steady img/s (load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+        if a.region_decode:
+            label = "CPU path with nvImageCodec region decode (candidate)"
+            r = region_pass(shards, a.batch_size, a.images)
+            rows.append((label, r))
+            print(
+                label,
+                f"{r.whole_ips:,.0f} whole, {r.steady_ips:,.0f} steady img/s (load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
     finally:
         ray.shutdown()
     after = baseline(src, a.cpus, a.batch_size, a.images)
@@ -228,6 +291,7 @@ def main() -> None:
         (before.steady_ips + after.steady_ips) / 2,
     )  # fmt: skip
     print(f"\n{a.images} images, {a.cpus} cores; ratios against the mean of the two baseline passes")
+    print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(
         "| pass | images | start-up s | whole epoch img/s | steady img/s | vs DataLoader steady | vs whole | CPU ms/img |"
     )

@@ -9,8 +9,12 @@ on the device -> channels_last -> forward/backward/SGD under autocast), for each
 - "synthetic": one uint8 batch already on the device, the model's ceiling;
 - "CPU decode": ImageNet-like JPEGs streamed from local Parquet shards through the platform's Ray
   Data pipeline (decode + RandomResizedCrop on this machine's CPUs), copied from pinned memory;
-- "GPU decode": the same shards, Ray Data reading bytes and labels only, each batch decoded with
-  batched nvJPEG and cropped on the device by the platform's ``DeviceDecoder`` (``--decode gpu``).
+- "GPU decode": the same shards, Ray Data reading bytes and labels only, each batch decoded by
+  the platform's ``DeviceDecoder`` (``--decode gpu``): nvImageCodec decodes each image's crop window
+  (hardware engines first; "whole image" rows decode whole images and crop in the resize), one
+  batched resize on the device;
+- with ``--compile-modes off,on``: the synthetic and GPU-decode rows again with ``torch.compile``
+  (its compile time, the first warm-up step, is printed).
 
 Each pipeline is reported in img/s and as a fraction of the ceiling. Not a test: a short script
 for the device machine (``benchmarks/gpu_session.sh`` runs it with the end-to-end jobs).
@@ -55,11 +59,17 @@ def make_step(model, device, amp_dtype, channels_last: bool):
     return step
 
 
-def timed(step, batches, steps: int, warmup: int, device) -> tuple[float, float]:
-    """(images/s over ``steps`` batches after ``warmup``, the last step's loss). The loss is read
-    once, after the clock stops: a non-finite one is printed with the row."""
+def timed(step, batches, steps: int, warmup: int, device) -> tuple[float, float, float]:
+    """(images/s over ``steps`` batches after ``warmup``, the last step's loss, seconds of the first
+    warm-up step: torch.compile's compile time). The loss is read once, after the clock stops: a
+    non-finite one is printed with the row."""
     it = iter(batches)
-    for _ in range(warmup):
+    first = time.perf_counter()
+    step(*next(it))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    first = time.perf_counter() - first
+    for _ in range(warmup - 1):
         step(*next(it))
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -70,7 +80,7 @@ def timed(step, batches, steps: int, warmup: int, device) -> tuple[float, float]
         images += x.shape[0]
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return images / (time.perf_counter() - start), float(loss)
+    return images / (time.perf_counter() - start), float(loss), first
 
 
 def main() -> None:
@@ -87,8 +97,9 @@ def main() -> None:
     p.add_argument(
         "--decode-ahead",
         default="0,2",
-        help="GPU-decode rows: batches decoded ahead on background threads (0: in the training thread)",
+        help="GPU-decode rows: batches decoded ahead on the loader thread (0: in the training thread)",
     )
+    p.add_argument("--compile-modes", default="off", help="off, on or off,on: torch.compile the model")
     a = p.parse_args()
 
     import ray
@@ -131,9 +142,9 @@ def main() -> None:
             ):
                 yield b["image"], b["label"] % 1000
 
-    def gpu_batches(ahead: int):
+    def gpu_batches(ahead: int, region: bool = True):
         ds = build_split_dataset(str(work / "shards"), "train", train=True, transform=transform, decode="gpu")
-        decoder = DeviceDecoder(transform, train=True, device=device)
+        decoder = DeviceDecoder(transform, train=True, device=device, region=region)
         for _ in range(epochs):
             raw = ds.iter_batches(
                 batch_size=a.batch, batch_format="numpy", prefetch_batches=4, drop_last=True
@@ -147,30 +158,42 @@ def main() -> None:
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     tables = []
-    for arch in [x for x in a.archs.split(",") if x]:
+    aheads = [int(v) for v in a.decode_ahead.split(",") if v]
+    for arch, compiled in itertools.product(
+        [x for x in a.archs.split(",") if x], [m == "on" for m in a.compile_modes.split(",") if m]
+    ):
         model = build_model(arch).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        step = make_step(model, device, amp, channels_last)
+        step = make_step(torch.compile(model) if compiled else model, device, amp, channels_last)
         x = torch.randint(0, 256, (a.batch, 224, 224, 3), dtype=torch.uint8, device=device)
         y = torch.randint(0, 1000, (a.batch,), device=device)
-        runs = [
-            ("synthetic batches on device (ceiling)", lambda x=x, y=y: itertools.repeat((x, y))),
-            (f"CPU decode: Ray Data on {os.cpu_count()} CPUs", cpu_batches),
-        ]
-        for ahead in [int(v) for v in a.decode_ahead.split(",") if v]:
+        runs = [("synthetic batches on device (ceiling)", lambda x=x, y=y: itertools.repeat((x, y)))]
+        if not compiled:
+            runs.append((f"CPU decode: Ray Data on {os.cpu_count()} CPUs", cpu_batches))
+            runs.append(
+                (
+                    f"GPU decode: whole images, {aheads[-1]} ahead",
+                    lambda: gpu_batches(aheads[-1], region=False),
+                )
+            )
+        for ahead in aheads if not compiled else aheads[-1:]:
             label = (
-                "GPU decode: nvJPEG + crops in the training thread"
+                "GPU decode: crop windows, in the training thread"
                 if ahead == 0
-                else f"GPU decode: nvJPEG + crops {ahead} batches ahead on side streams"
+                else f"GPU decode: crop windows, {ahead} batches ahead on the loader thread"
             )
             runs.append((label, lambda ahead=ahead: gpu_batches(ahead)))
         rows = []
         for label, batches in runs:
-            ips, loss = timed(step, batches(), a.steps, a.warmup, device)
+            ips, loss, first_s = timed(step, batches(), a.steps, a.warmup, device)
             rows.append((label, ips))
-            print(f"{arch} {label}: {ips:,.0f} img/s (last loss {loss:.3f})", flush=True)
-        tables.append((arch, rows))
+            compiled_note = f", compile + first step {first_s:.0f} s" if compiled and not rows[:-1] else ""
+            print(
+                f"{arch}{' compiled' if compiled else ''} {label}: {ips:,.0f} img/s (last loss {loss:.3f}{compiled_note})",
+                flush=True,
+            )
+        tables.append((f"{arch}{', torch.compile' if compiled else ''}", rows))
         del model, step
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -13,8 +13,11 @@ import pytest
 import torch
 from PIL import Image
 from test_train import small_config
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from resnet_platform.data.batched_resize import crop_resize_batch
 from resnet_platform.data.device_decode import DeviceDecoder
+from resnet_platform.data.nvimgcodec_adapter import RegionDecoder, nvimgcodec, region_decoder
 from resnet_platform.data.pipeline import (
     TransformConfig,
     build_split_dataset,
@@ -52,8 +55,10 @@ def test_device_decoder_gives_the_cpu_paths_pixels_for_the_same_draws(augmentati
     out = decoder({"image": np.array(IMAGES, dtype=object), "label": np.arange(len(IMAGES))})
     assert out["image"].dtype == torch.uint8 and tuple(out["image"].shape) == (len(IMAGES), 96, 96, 3)
     assert out["label"].tolist() == list(range(len(IMAGES)))
-    # Same box, same flip, same kernel: the same pixels (on a GPU nvJPEG's rounding differs by a level).
-    assert np.array_equal(out["image"].numpy(), expected)
+    # Same box and flip; nvImageCodec's CPU backend decodes the window to torchvision's pixels, and
+    # the batched resize is the CPU path's within a level (its rounding of the weights differs).
+    diff = np.abs(out["image"].numpy().astype(np.int16) - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 def test_crop_resize_matches_pil_within_a_small_tolerance():
@@ -98,15 +103,81 @@ def test_random_crops_follow_torchvisions_distribution():
 
 
 def test_undecodable_rows_are_skipped_and_counted():
+    """An unreadable header and a JPEG cut in half (its header parses, the batched decode call
+    returns nothing for it) are skipped; the rest of the batch is decoded."""
     t = TransformConfig(image_size=32)
     decoder = DeviceDecoder(t, train=True, device="cpu")
     batch = {
-        "image": np.array([IMAGES[0], b"not a jpeg", IMAGES[1]], dtype=object),
-        "label": np.array([3, 4, 5]),
+        "image": np.array(
+            [IMAGES[0], b"not a jpeg", IMAGES[1], IMAGES[2][: len(IMAGES[2]) // 2]], dtype=object
+        ),
+        "label": np.array([3, 4, 5, 6]),
     }
     out = decoder(batch)
     assert out["label"].tolist() == [3, 5] and out["image"].shape[0] == 2
-    assert decoder.skipped == 1
+    assert decoder.skipped == 2 and decoder.counts.by_backend == {"cpu": 2}
+
+
+def test_batched_resize_is_the_cpu_paths_within_one_level():
+    """Crop, antialiased resize and flip of differently sized images in one batch equal
+    ``transforms.crop_resize`` of each (the CPU path's kernel) within 1 level per pixel, shrinking
+    and enlarging, with 16-128 px outputs."""
+    rng = np.random.default_rng(3)
+    decoded = [decode_rgb(d) for d in IMAGES]
+    for size in (16, 48, 128):
+        images, crops = [], []
+        for k in range(10):
+            image = decoded[k % len(decoded)]
+            _, h, w = image.shape
+            x0, y0 = int(rng.integers(0, w - 8)), int(rng.integers(0, h - 8))
+            x1, y1 = int(rng.integers(x0 + 4, w + 1)), int(rng.integers(y0 + 4, h + 1))
+            images.append(image.permute(1, 2, 0).contiguous())
+            crops.append(Crop((x0, y0, x1, y1), flip=bool(k % 2)))
+        got = crop_resize_batch(images, [c.box for c in crops], [c.flip for c in crops], size)
+        expected = torch.stack(
+            [crop_resize(im.permute(2, 0, 1), c, size) for im, c in zip(images, crops, strict=True)]
+        )
+        diff = (got.int() - expected.permute(0, 2, 3, 1).int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, size
+
+
+class KernelOps(TorchDispatchMode):
+    """Counts the ops that launch work (views excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def test_batched_resize_takes_the_same_ops_for_any_batch_size():
+    def ops_for(n: int) -> int:
+        images = [torch.zeros((20 + i, 30 + 2 * i, 3), dtype=torch.uint8) for i in range(n)]
+        with KernelOps() as mode:
+            crop_resize_batch(images, [(0, 0, 30 + 2 * i, 20 + i) for i in range(n)], [True] * n, 16)
+        return mode.ops
+
+    assert ops_for(2) == ops_for(24) < 160  # about 140: the weights are built on the device too
+
+
+def test_region_decode_gives_the_whole_images_pixels():
+    """nvImageCodec's CPU backend decodes a window to exactly the pixels torchvision's decoder gives
+    for that window of the whole image, and the decoder's whole-image mode trains on the same crops."""
+    codec = region_decoder("cpu")
+    boxes = [(41, 30, 333, 300), (0, 0, 375, 500), (100, 7, 101, 8), (600, 150, 640, 200)]
+    windows, counts = codec.decode(codec.parse(IMAGES), boxes)
+    for data, box, window in zip(IMAGES, boxes, windows, strict=True):
+        left, top, right, bottom = box
+        assert torch.equal(window, decode_rgb(data).permute(1, 2, 0)[top:bottom, left:right])
+    assert counts.by_backend == {"cpu": 4} and counts.fallbacks == counts.failed == 0
+    t = TransformConfig(image_size=64)
+    batch = {"image": np.array(IMAGES, dtype=object), "label": np.arange(len(IMAGES))}
+    whole = DeviceDecoder(t, train=True, device="cpu", rng=np.random.default_rng(2), region=False)(batch)
+    region = DeviceDecoder(t, train=True, device="cpu", rng=np.random.default_rng(2))(batch)
+    assert torch.equal(whole["image"], region["image"])
 
 
 def test_device_decoder_refuses_cpu_only_transforms():
@@ -135,6 +206,49 @@ def test_placement_selectors_and_task_arguments():
             DataPlacement(node_label=bad)
 
 
+class RefusingBackend:
+    """Stands in for the hardware engines, which refuse some files (progressive, CMYK): decodes
+    with a real CPU decoder the images ``accept`` allows, None for the rest."""
+
+    def __init__(self, accept):
+        n = nvimgcodec()
+        self.real = n.Decoder(
+            device_id=n.NVIMGCODEC_DEVICE_CPU_ONLY, backends=[n.Backend(n.BackendKind.CPU_ONLY)]
+        )
+        self.accept, self.calls = accept, 0
+
+    def decode(self, streams, **kwargs):
+        self.calls += 1
+        decoded = self.real.decode(streams, **kwargs)
+        return [image if self.accept(i) else None for i, image in enumerate(decoded)]
+
+
+def _chain(accept) -> tuple[RegionDecoder, RefusingBackend]:
+    codec = RegionDecoder(torch.device("cpu"))
+    codec._stages = [("hardware", None), *codec._stages]  # hardware -> cpu, as on a GPU
+    codec.first = "hardware"
+    codec._decoders["hardware"] = stub = RefusingBackend(accept)
+    return codec, stub
+
+
+def test_images_a_backend_refuses_fall_back_to_the_next_and_are_counted():
+    codec, _ = _chain(lambda i: i % 2 == 0)
+    windows, counts = codec.decode(codec.parse(IMAGES), [None] * len(IMAGES))
+    for data, window in zip(IMAGES, windows, strict=True):
+        assert torch.equal(window, decode_rgb(data).permute(1, 2, 0))
+    assert counts.by_backend == {"hardware": 2, "cpu": 2} and counts.fallbacks == 2 and counts.failed == 0
+    assert "2 fallback(s), 0 failure(s)" in counts.summary()
+
+
+def test_a_backend_that_decodes_none_of_a_batch_is_no_longer_offered():
+    codec, stub = _chain(lambda i: False)  # e.g. a VM that hides the JPEG engines
+    batch = IMAGES * 2
+    for _ in range(2):
+        windows, counts = codec.decode(codec.parse(batch), [None] * len(batch))
+        assert all(w is not None for w in windows) and counts.by_backend == {"cpu": len(batch)}
+    assert stub.calls == 1 and "hardware" in codec.unavailable
+
+
 @pytest.mark.slow
 def test_bad_data_node_label_is_one_line_from_the_job():
     job = [
@@ -151,15 +265,24 @@ def test_bad_data_node_label_is_one_line_from_the_job():
 
 
 @pytest.mark.slow
-def test_training_with_gpu_decode_path_on_cpu_learns(digits_shards, ray_local, tmp_path):
-    """The platform's own run with --decode gpu: Ray Data ships bytes, each worker decodes and crops."""
-    config = small_config(digits_shards, tmp_path, epochs=2, name="gpu-decode", decode="gpu")
-    outcome = run_training(config)
-    history = outcome.history
-    assert [int(h["epoch"]) for h in history] == [1, 2]
-    assert all(int(h["val_images"]) == 359 for h in history)  # every val image decoded on the worker
-    assert history[-1]["val_top1_error"] < 0.5, history[-1]
-    assert outcome.skipped == {"train": 0, "val": 0}  # the run's ledger, closed with it
+def test_training_with_gpu_decode_path_on_cpu_learns_as_the_cpu_path_does(digits_shards, ray_local, tmp_path):
+    """The platform's own runs, --decode gpu (Ray Data ships bytes; each worker parses, crops,
+    region-decodes with nvImageCodec's CPU backend and resizes the batch) and --decode cpu, same
+    seed: the same validation error within a few points. With the evaluation crop for training
+    ("none") both paths see the same pixels in the same seeded order; 3 epochs of RandomResizedCrop
+    at 16 px vary by 10-20 points from run to run on either path (measured: BENCHMARKS.md), too
+    much to compare, so the crop draws are compared pixel for pixel above instead. One seed here
+    (each pair of runs adds about a minute to the suite); seeds 0 and 1 in BENCHMARKS.md."""
+    errors = {}
+    for decode in ("gpu", "cpu"):
+        config = small_config(digits_shards, tmp_path, epochs=3, name=f"decode-{decode}", decode=decode)
+        outcome = run_training(config)
+        history = outcome.history
+        assert [int(h["epoch"]) for h in history] == [1, 2, 3]
+        assert all(int(h["val_images"]) == 359 for h in history)  # every val image decoded
+        errors[decode] = history[-1]["val_top1_error"]
+        assert outcome.skipped == {"train": 0, "val": 0}  # the run's ledger, closed with it
+    assert errors["gpu"] < 0.3 and abs(errors["gpu"] - errors["cpu"]) < 0.05, errors
 
 
 def _raw_batches(n: int, bad_at: int | None = None):

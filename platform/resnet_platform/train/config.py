@@ -114,7 +114,8 @@ class TrainConfig:
     )
     decode: str = setting(
         "cpu",
-        "cpu: Ray Data decodes on the data nodes; gpu: nvJPEG + crops on each training worker's device",
+        "cpu: Ray Data decodes on the data nodes; gpu: each training worker decodes the crop windows on "
+        "its device (nvImageCodec: hardware JPEG engines, CUDA, then CPU; its CPU backend without a GPU)",
         group="data",
         choices=DECODE_MODES,
     )
