@@ -268,6 +268,46 @@ def test_model_version_source_is_still_resolved_through_the_global_uri(tmp_path,
     assert str(mv.version) == "1"
 
 
+@pytest.mark.slow  # a fresh SQLite store: seconds of schema migrations
+def test_model_uris_resolve_through_the_given_client_not_the_global_uri(tmp_path, monkeypatch):
+    """``model_artifact_uri`` resolves ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` and
+    ``runs:/`` through the client it is given while the process-wide URI points at a dead server;
+    still needed: MLflow's own download of the same URI goes to the process-wide registry."""
+    import mlflow
+    from fixtures.ports import free_port
+
+    from resnet_platform.tracking.runs import client_for, start_run
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = client_for(uri)
+    run_id = start_run(uri, "compat", "model-uri")
+    model = client.create_logged_model(
+        experiment_id=client.get_run(run_id).info.experiment_id, name="m", source_run_id=run_id
+    )
+    client.create_registered_model("m")
+    with _compat.use_global_tracking_uri(uri):
+        client.create_model_version(
+            "m", source=f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id
+        )
+    client.set_registered_model_alias("m", "champion", "1")
+    with _compat.use_global_tracking_uri(dead):
+        assert _compat.model_artifact_uri(client, "models:/m@champion") == model.artifact_location
+        assert _compat.model_artifact_uri(client, "models:/m/1") == model.artifact_location
+        run_uri = client.get_run(run_id).info.artifact_uri
+        assert _compat.model_artifact_uri(client, f"runs:/{run_id}/model") == f"{run_uri}/model"
+        assert _compat.model_artifact_uri(client, "s3://b/p") == "s3://b/p"
+        with pytest.raises(Exception) as refused:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri="models:/m@champion",
+                dst_path=str(tmp_path / "dl"),
+                tracking_uri=uri,
+                registry_uri=uri,
+            )
+    assert dead.split("//")[1] in str(refused.value), refused.value  # it asked the process-wide URI
+
+
 # ------------------------------------------------------------------------------ the test runner
 
 

@@ -21,6 +21,8 @@ import logging
 import os
 import sys
 
+from resnet_platform.stopping import install_stop_handlers
+
 VERBOSE_ENV = "RESNET_PLATFORM_VERBOSE"
 PLATFORM_LOGGER = "resnet_platform"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -64,6 +66,10 @@ def configure_output(verbose: bool = False, platform_level: int = logging.INFO) 
     logging.getLogger(PLATFORM_LOGGER).setLevel(logging.INFO if verbose else platform_level)
     for name in CHATTY_LOGGERS:  # when already imported and configured by the library itself
         logging.getLogger(name).setLevel(level)
+    if not verbose:
+        from resnet_platform import _compat
+
+        _compat.quiet_token_auth_notice()
 
 
 def ray_runtime_env() -> dict:
@@ -104,6 +110,7 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
                 raise
             kwargs.pop("runtime_env")
             ray.init(address=address, **kwargs)
+    install_stop_handlers()  # after ray.init: its native SIGTERM handler would print a stack dump
     if not verbose:
         _compat.quiet_ray_data_console()
 

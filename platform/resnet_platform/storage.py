@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from resnet_platform.errors import UserError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -69,7 +71,7 @@ class S3Limits:
         return limits
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """A storage location cannot be used (unreachable endpoint, missing bucket, bad credentials)."""
 
 

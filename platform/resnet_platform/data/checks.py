@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from resnet_platform.data.manifest import Manifest
+from resnet_platform.errors import UserError
 from resnet_platform.storage import resolve
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit, 89,478,485
@@ -25,7 +26,7 @@ FOOTER_THREADS = 16
 WORST_SHARDS = 5
 
 
-class DataCheckError(ValueError):
+class DataCheckError(UserError, ValueError):
     """The data cannot be trained on as it is; the message is one line naming where and why."""
 
 

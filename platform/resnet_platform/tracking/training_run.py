@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resnet_platform.errors import UserError
+
 from .curves import plot_error_curves
 from .inference import ModelSpec
 from .limits import TrackingLimits, bounded_mlflow_http, is_outage
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 MODEL_METRICS = ("val_top1_error", "val_top5_error")  # the best model's, logged (and tagged) with it
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(UserError, RuntimeError):
     """The MLflow server cannot open the run: refused before any work, with the URI named."""
 
 

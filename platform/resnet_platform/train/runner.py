@@ -24,6 +24,7 @@ from resnet_platform import _compat, storage
 from resnet_platform.console import ensure_ray, is_verbose
 from resnet_platform.data.checks import check_prepared_data, check_splits, find_data_error
 from resnet_platform.data.manifest import Manifest, read_manifest
+from resnet_platform.errors import UserError
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # MLflow and matplotlib stay out of processes that only build
 log = logging.getLogger(__name__)
 
 
-class RunExistsError(ValueError):
+class RunExistsError(UserError, ValueError):
     pass
 
 

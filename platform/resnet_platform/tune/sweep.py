@@ -39,6 +39,7 @@ import pyarrow.fs as pafs
 
 from resnet_platform import storage
 from resnet_platform._compat import asha_max_t, watch_tune_interrupt
+from resnet_platform.errors import UserError
 from resnet_platform.tracking.sweep_runs import SweepRun, TrialEnd, TrialRun
 from resnet_platform.tracking.training_run import Recorded, TrainingRun
 from resnet_platform.train.config import TrainConfig
@@ -57,7 +58,7 @@ RESULTS_CSV = "sweep_results.csv"
 PLOT_PNG = "val_error_vs_lr.png"
 
 
-class SweepExistsError(ValueError):
+class SweepExistsError(UserError, ValueError):
     pass
 
 
