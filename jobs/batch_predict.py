@@ -17,9 +17,9 @@ import sys
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
 from resnet_platform.console import ensure_ray
-from resnet_platform.jobrunner import run_job
+from resnet_platform.jobrunner import config_from_flags, run_job
 from resnet_platform.serving.batch import BatchPredictConfig, batch_predict
-from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
+from resnet_platform.settings import HelpFormatter, add_flags
 from resnet_platform.tracking.registry import pin_version, resolve_tracking_uri
 
 
@@ -46,7 +46,7 @@ def predict(args: argparse.Namespace, config: BatchPredictConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     return run_job(
         build_parser(),
-        lambda args: BatchPredictConfig(**values_from_args(args, BatchPredictConfig)),
+        config_from_flags(BatchPredictConfig),
         predict,
         argv=argv,
         platform_level=logging.WARNING,

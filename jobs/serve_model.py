@@ -18,9 +18,9 @@ import time
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
 from resnet_platform.console import ensure_ray
-from resnet_platform.jobrunner import run_job
+from resnet_platform.jobrunner import config_from_flags, run_job
 from resnet_platform.serving.serve import ServeConfig, start_serving
-from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
+from resnet_platform.settings import HelpFormatter, add_flags
 from resnet_platform.tracking.registry import pin_version, resolve_tracking_uri
 
 
@@ -66,7 +66,7 @@ def serve_until_stopped(args: argparse.Namespace, config: ServeConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     return run_job(
         build_parser(),
-        lambda args: ServeConfig(**values_from_args(args, ServeConfig)),
+        config_from_flags(ServeConfig),
         serve_until_stopped,
         argv=argv,
         platform_level=logging.WARNING,

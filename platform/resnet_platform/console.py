@@ -27,6 +27,10 @@ VERBOSE_ENV = "RESNET_PLATFORM_VERBOSE"
 PLATFORM_LOGGER = "resnet_platform"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SETUP_HOOK = "resnet_platform.console.setup_worker_output"
+DATA_BARS_OFF_ENV = "RAY_DATA_DISABLE_PROGRESS_BARS"
+# Lines Ray's worker processes print on every run that say nothing a user can act on (dropped from
+# what the driver prints unless --verbose): Ray Train's PreemptionWatcher actor's constructor note.
+FRAMEWORK_NOISE = ("has constructor arguments in the object store and max_restarts > 0",)
 # Libraries that log INFO lines on their own handlers (they do not propagate to the root logger).
 CHATTY_LOGGERS = ("mlflow", "ray")
 
@@ -48,6 +52,8 @@ def inherited_env(verbose: bool) -> dict[str, str]:
     env = {VERBOSE_ENV: "1" if verbose else "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     if not verbose:
         env["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read by MLflow when imported
+    if os.environ.get(DATA_BARS_OFF_ENV):  # no terminal where the job was started: none anywhere
+        env[DATA_BARS_OFF_ENV] = os.environ[DATA_BARS_OFF_ENV]
     return env
 
 
@@ -59,7 +65,7 @@ def configure_output(verbose: bool = False, platform_level: int = logging.INFO) 
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if not sys.stderr.isatty():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        data_progress_bars_off()
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(format=LOG_FORMAT)  # a no-op where the root logger has a handler already
     logging.getLogger().setLevel(level)
@@ -70,6 +76,20 @@ def configure_output(verbose: bool = False, platform_level: int = logging.INFO) 
         from resnet_platform import _compat
 
         _compat.quiet_token_auth_notice()
+
+
+def data_progress_bars_off() -> None:
+    """No Ray Data progress bars from this job, in any of its processes (unless the user set
+    ``RAY_DATA_DISABLE_PROGRESS_BARS`` otherwise). Ray Data reads the variable once, when imported,
+    into its ``DataContext`` default; a dataset carries the creating process's context into the
+    actors that run it (the streaming split's coordinator among them), so the context of this
+    process is switched off too if ``ray.data`` was imported before the variable was set."""
+    if os.environ.setdefault(DATA_BARS_OFF_ENV, "1") in ("", "0"):
+        return
+    if "ray.data" in sys.modules:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
 
 
 def ray_runtime_env() -> dict:
@@ -92,7 +112,7 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     verbose = is_verbose()
     if not sys.stderr.isatty():  # progress bars only on a terminal
-        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        data_progress_bars_off()
     kwargs = {
         "log_to_driver": True,
         "logging_level": logging.INFO if verbose else logging.WARNING,
@@ -113,6 +133,11 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
     install_stop_handlers()  # after ray.init: its native SIGTERM handler would print a stack dump
     if not verbose:
         _compat.quiet_ray_data_console()
+        _compat.drop_worker_log_lines(is_framework_noise)
+
+
+def is_framework_noise(line: str) -> bool:
+    return any(text in line for text in FRAMEWORK_NOISE)
 
 
 def setup_worker_output() -> None:
@@ -125,6 +150,8 @@ def setup_worker_output() -> None:
         from resnet_platform import _compat
 
         _compat.quiet_ray_data_console()
+        if os.environ.get(DATA_BARS_OFF_ENV) not in (None, "", "0"):
+            data_progress_bars_off()  # a DataContext made before the variable reached this worker
     except Exception as e:  # noqa: BLE001
         logging.getLogger(__name__).warning("could not quiet this worker's output: %s", e)
 

@@ -81,6 +81,14 @@ def run_job(
     return 0 if status is None else int(status)
 
 
+def config_from_flags(cls: type[C]) -> Callable[[argparse.Namespace], C]:
+    """The ``configure`` of a job whose flags are all ``cls``'s settings (``settings.add_flags``):
+    building ``cls`` validates them."""
+    from resnet_platform.settings import values_from_args
+
+    return lambda args: cls(**values_from_args(args, cls))
+
+
 def _exit(parser: argparse.ArgumentParser, code: int, err: BaseException, verbose: bool) -> None:
     if verbose:
         traceback.print_exception(err, file=sys.stderr)

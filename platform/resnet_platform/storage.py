@@ -130,6 +130,13 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (Ray workers and Tune trials run in other directories); a URI
+    (``s3://``, ``file://``, ...) unchanged."""
+    uri = str(uri)
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a URI, keeping its scheme."""
     base = str(uri).rstrip("/")

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from resnet_platform.data.manifest import Manifest
-from resnet_platform.errors import UserError
+from resnet_platform.errors import UserError, one_line
 from resnet_platform.storage import resolve
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit, 89,478,485
@@ -164,7 +164,7 @@ def find_data_error(error: BaseException) -> DataCheckError | None:
                 c for c in type(base).__mro__ if issubclass(c, DataCheckError) and "Ray" not in c.__name__
             )
             # Ray appends its retry notes to the message: keep the first line, the one we wrote.
-            return cls(str(base).strip().splitlines()[0])
+            return cls(one_line(base))
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
         todo += list(getattr(e, "worker_failures", {}).values())
     return None

@@ -27,7 +27,7 @@ from resnet_platform.data.checks import DataCheckError, check_labels
 from resnet_platform.data.manifest import Manifest, SplitManifest
 from resnet_platform.data.placement import DataPlacement
 from resnet_platform.data.transforms import pad_crop_flip
-from resnet_platform.errors import MissingInputError
+from resnet_platform.errors import MissingInputError, one_line
 from resnet_platform.storage import resolve
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -162,9 +162,7 @@ def _members_from_tar(blob: bytes, where: str) -> Callable[[str], bytes]:
         tar = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
         by_name = {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
     except (tarfile.TarError, zlib.error, EOFError, OSError) as e:
-        reason = (
-            str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
-        )  # tarfile lists every method
+        reason = one_line(e).rstrip(":")  # tarfile lists every method it tried below
         raise CifarFormatError(
             f"{where}: not a CIFAR-10 archive (expected a tar.gz like {ARCHIVE}): {reason}"
         ) from e

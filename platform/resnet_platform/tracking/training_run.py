@@ -203,7 +203,7 @@ class TrainingRun:
         self.wait_for_server()
         model_uri = model_version = None
         with (
-            RunLogger(self.tracking_uri, self.run_id, limits=self.limits) as run,
+            RunLogger(self.tracking_uri, self.run_id, limits=self.limits, restarted=False) as run,
             tempfile.TemporaryDirectory() as tmp,
         ):
             # Epochs rank 0 could not deliver (MLflow was down when it closed) come from the
@@ -282,7 +282,7 @@ def log_results(
     files: Sequence[str | Path] = (),
 ) -> None:
     """Artifacts and metrics into an existing run (any state); NaN metrics are skipped."""
-    with RunLogger(tracking_uri, run_id) as run:
+    with RunLogger(tracking_uri, run_id, restarted=False) as run:
         for name, text in (texts or {}).items():
             run.log_text(text, name)
         for name, value in (dicts or {}).items():

@@ -8,19 +8,18 @@ when the error plateaus"). Everything the workers need travels as this one datac
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_SKIPPED_FRACTION
+from resnet_platform.data.transforms import AUGMENTATIONS, DECODE_MODES
 from resnet_platform.settings import check_ranges, setting
+from resnet_platform.storage import absolute
 from resnet_platform.tracking.limits import TrackingLimits
 
 LR_SCHEDULES = ("step", "plateau", "cosine")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
 NORMALIZATIONS = ("imagenet", "cifar10")
-DECODE_MODES = ("cpu", "gpu")
 CHECKPOINT_UPLOAD_MODES = ("async", "sync")
 
 
@@ -397,9 +396,7 @@ class TrainConfig:
 
     def storage_uri(self) -> str:
         """Local storage paths become absolute: Ray workers run in other directories."""
-        if "://" in self.storage:
-            return self.storage
-        return os.path.abspath(self.storage)
+        return absolute(self.storage)
 
     def tracking_limits(self) -> TrackingLimits:
         return dataclasses.replace(

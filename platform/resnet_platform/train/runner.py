@@ -143,13 +143,21 @@ def prepare_config(config: TrainConfig, manifest: Manifest) -> TrainConfig:
 
 
 def check_run_name(config: TrainConfig) -> None:
-    fs, path = storage.resolve(config.storage)
-    exists = run_exists(fs, path, config.name)
-    where = f"{config.storage.rstrip('/')}/{config.name}"
-    if exists and not config.resume:
-        raise RunExistsError(f"run {where} already exists: pass --resume to continue it, or another --name")
-    if config.resume and not exists:
-        raise RunExistsError(f"--resume: no run at {where} to continue")
+    check_name_and_resume(config.storage, config.name, config.resume, RunExistsError, kind="run")
+
+
+def check_name_and_resume(
+    storage_uri: str, name: str, resume: bool, error: type[Exception], *, kind: str
+) -> None:
+    """The one rule of ``--name`` and ``--resume`` (training runs and sweeps): a new ``kind`` needs a
+    name not taken at ``storage_uri``, ``--resume`` one that is; ``error`` says which was wrong."""
+    fs, path = storage.resolve(storage_uri)
+    exists = run_exists(fs, path, name)
+    where = storage.join(storage_uri, name)
+    if exists and not resume:
+        raise error(f"{kind} {where} already exists: pass --resume to continue it, or another --name")
+    if resume and not exists:
+        raise error(f"--resume: no {kind} at {where} to continue")
 
 
 def run_training(

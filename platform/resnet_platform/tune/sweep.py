@@ -179,7 +179,7 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
 
     from resnet_platform.data.checks import check_prepared_data
     from resnet_platform.data.manifest import read_manifest
-    from resnet_platform.train.runner import ensure_ray, run_exists
+    from resnet_platform.train.runner import check_name_and_resume, ensure_ray
 
     config.validate()  # every check that needs nothing running comes first
     base = config.base
@@ -191,13 +191,7 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
     fs, root = storage.resolve(base.storage)
     sweep_uri = storage.join(base.storage, name)
     exp_path = f"{root.rstrip('/')}/{name}"
-    exists = run_exists(fs, root, name)
-    if exists and not config.resume:
-        raise SweepExistsError(
-            f"sweep {sweep_uri} already exists: pass --resume to continue it, or another --name"
-        )
-    if config.resume and not exists:
-        raise SweepExistsError(f"--resume: no sweep at {sweep_uri} to continue")
+    check_name_and_resume(base.storage, name, config.resume, SweepExistsError, kind="sweep")
 
     ensure_ray()
     from ray.tune import Tuner

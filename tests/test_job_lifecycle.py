@@ -1,0 +1,162 @@
+"""Jobs as a scheduler runs them (``ray job submit`` logs, Kubernetes): output to a file, stopped by
+SIGTERM. A training job's file holds only the platform's lines at default verbosity; SIGTERM ends
+a training run (MLflow run KILLED, resumable) and the Serve job (application deleted) with one line
+and no native stack dump (``resnet_platform/stopping.py``).
+
+Each job runs as a subprocess on the session's Ray (``RAY_ADDRESS``), as a submitted job would."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from fixtures.ports import free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The platform's line shapes, the only ones a job's log may hold at default verbosity.
+RAY_PREFIX = (
+    r"(?:\x1b\[[\d;]*m)*\((?:RayTrainWorker|TrainController|\w+) pid=\d+(?:, ip=[\d.]+)?\)(?:\x1b\[[\d;]*m)* "
+)
+PLATFORM_LINES = [
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:INFO|WARNING|ERROR) resnet_platform[.\w]*: .*",  # its loggers
+    r"recipe \S+ \(effective lr [\d.e-]+\): .*",  # describe(config)
+    r"epoch \d+/\d+ .*",  # rank 0's line per epoch (forwarded by Ray with its prefix)
+    r"\s+epoch\s+train_loss\s+.*",  # the report's table
+    r"(?:\s+(?:-?[\d.]+|nan)){7}",
+    r"run: .*|best validation top-1 error: .*|MLflow run: \w+|registered model version: \d+",
+    r"train_imagenet\.py: (?:error|stopped by) .*",  # how a job ends
+]
+PLATFORM_LINE = re.compile(rf"(?:{RAY_PREFIX})?(?:{'|'.join(PLATFORM_LINES)})")
+
+
+def foreign_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not PLATFORM_LINE.fullmatch(line)]
+
+
+def job_env(ray_local) -> dict[str, str]:
+    return dict(
+        os.environ,
+        PYTHONPATH=str(REPO / "platform"),
+        RAY_ADDRESS=ray_local.get_runtime_context().gcs_address,
+    )
+
+
+def train_cmd(data: str, tmp_path: Path, tracking_uri: str, experiment: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, str(REPO / "jobs" / "train_imagenet.py"),
+        "--data", data, "--arch", "cifar_resnet20", "--image-size", "16", "--augmentation", "none",
+        "--batch-size", "32", "--num-workers", "2", "--cpus-per-worker", "0.25", "--seed", "0",
+        "--storage", str(tmp_path / "runs"), "--name", "job", "--tracking-uri", tracking_uri,
+        "--experiment", experiment, *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_training_job_writes_only_the_platforms_lines_to_a_file(
+    digits_shards, ray_local, mlflow_server, tmp_path
+):
+    """A plain run to a file: no Ray Data progress bars (from any process, the split coordinator's
+    included), no Ray core, token or Tune lines, and no note about epochs the run already holds."""
+    log_path = tmp_path / "job.log"
+    with open(log_path, "wb") as log:
+        done = subprocess.run(
+            train_cmd(
+                digits_shards, tmp_path, mlflow_server.uri, f"quiet-{uuid.uuid4().hex[:6]}", "--epochs", "1"
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=job_env(ray_local),
+            timeout=600,
+        )
+    text = log_path.read_text(errors="replace")
+    assert done.returncode == 0, text[-4000:]
+    assert "epoch 1/1" in text and "best validation top-1 error" in text, text[-4000:]
+    assert not foreign_lines(text), foreign_lines(text)[:20]
+    assert "already holds" not in text
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_with_one_line_and_the_run_killed(
+    digits_shards, ray_local, mlflow_server, tmp_path
+):
+    from resnet_platform.tracking.runs import client_for
+
+    experiment = f"stop-{uuid.uuid4().hex[:6]}"
+    log_path = tmp_path / "job.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            train_cmd(digits_shards, tmp_path, mlflow_server.uri, experiment, "--epochs", "20"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=job_env(ray_local),
+        )
+    try:
+        wait_until(
+            lambda: "epoch 1/20" in log_path.read_text(errors="replace") or proc.poll() is not None,
+            timeout=400,
+            what="the first epoch line",
+        )
+        assert proc.poll() is None, log_path.read_text()[-4000:]
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+        took = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    assert rc == 128 + signal.SIGTERM, text[-4000:]
+    assert took < 90, took
+    assert "SIGTERM received" not in text and "Traceback" not in text, text[-4000:]
+    assert text.rstrip().splitlines()[-1] == "train_imagenet.py: stopped by SIGTERM", text[-2000:]
+    assert not foreign_lines(text), foreign_lines(text)[:20]
+    client = client_for(mlflow_server.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "KILLED"
+    assert (tmp_path / "runs" / "job").is_dir()  # what --resume continues
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_serve_job_and_deletes_its_application(
+    ray_local, registered_digits_model, tmp_path
+):
+    from ray import serve
+
+    app = f"stop-{uuid.uuid4().hex[:6]}"
+    reg = registered_digits_model
+    log_path = tmp_path / "serve.log"
+    cmd = [
+        sys.executable, str(REPO / "jobs" / "serve_model.py"),
+        "--model", reg.uri(reg.versions[0]), "--tracking-uri", reg.tracking_uri, "--app-name", app,
+        "--route-prefix", f"/{app}", "--port", str(free_port()), "--cpus-per-replica", "0.25",
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=job_env(ray_local))
+    try:
+        wait_until(
+            lambda: "serving " in log_path.read_text(errors="replace") or proc.poll() is not None,
+            timeout=300,
+            what="the serving line",
+        )
+        assert proc.poll() is None, log_path.read_text()[-4000:]
+        assert app in serve.status().applications
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    assert rc == 128 + signal.SIGTERM, text[-4000:]
+    assert "SIGTERM received" not in text and "Traceback" not in text, text[-4000:]
+    assert text.rstrip().splitlines()[-1] == "serve_model.py: stopped by SIGTERM", text[-2000:]
+    assert app not in serve.status().applications
