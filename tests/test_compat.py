@@ -111,6 +111,19 @@ def test_sweep_child_run_status(failed, stopped_early, run, expected):
     assert _compat.sweep_child_run_status(failed, stopped_early, run) == expected
 
 
+def test_quiet_tune_output_picks_the_engine_that_is_silent_at_verbose_0(monkeypatch):
+    """Still needed: the default engine is the one whose start box ignores verbosity; the variable
+    set by ``quiet_tune_output`` switches Tune to the legacy engine (no AIR verbosity)."""
+    from ray.tune.experimental.output import AirVerbosity, TuneTerminalReporter, get_air_verbosity
+
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT")
+    assert get_air_verbosity(0) == AirVerbosity(0)
+    assert "Configuration for experiment" in inspect.getsource(TuneTerminalReporter.experiment_started)
+    _compat.quiet_tune_output()
+    assert get_air_verbosity(0) is None
+
+
 # ------------------------------------------------------------------------------------ Ray Train
 
 

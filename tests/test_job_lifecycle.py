@@ -8,7 +8,6 @@ Each job runs as a subprocess on the session's Ray (``RAY_ADDRESS``), as a submi
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,28 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from fixtures.output_lines import foreign_lines
 from fixtures.ports import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
-
-# The platform's line shapes, the only ones a job's log may hold at default verbosity.
-RAY_PREFIX = (
-    r"(?:\x1b\[[\d;]*m)*\((?:RayTrainWorker|TrainController|\w+) pid=\d+(?:, ip=[\d.]+)?\)(?:\x1b\[[\d;]*m)* "
-)
-PLATFORM_LINES = [
-    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:INFO|WARNING|ERROR) resnet_platform[.\w]*: .*",  # its loggers
-    r"recipe \S+ \(effective lr [\d.e-]+\): .*",  # describe(config)
-    r"epoch \d+/\d+ .*",  # rank 0's line per epoch (forwarded by Ray with its prefix)
-    r"\s+epoch\s+train_loss\s+.*",  # the report's table
-    r"(?:\s+(?:-?[\d.]+|nan)){7}",
-    r"run: .*|best validation top-1 error: .*|MLflow run: \w+|registered model version: \d+",
-    r"train_imagenet\.py: (?:error|stopped by) .*",  # how a job ends
-]
-PLATFORM_LINE = re.compile(rf"(?:{RAY_PREFIX})?(?:{'|'.join(PLATFORM_LINES)})")
-
-
-def foreign_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip() and not PLATFORM_LINE.fullmatch(line)]
 
 
 def job_env(ray_local) -> dict[str, str]:

@@ -63,6 +63,13 @@ WORKAROUNDS: dict[str, Workaround] = {
         "Tuner.fit() returns normally after a Ctrl-C and reports the trials it stopped as TERMINATED: "
         "the only sign of the interrupt is Tune's 'Stop signal received' warning (ray.tune.tune).",
     ),
+    "quiet_tune_output": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "Tune's default output engine (RAY_AIR_NEW_OUTPUT=1) prints a 'Configuration for experiment' "
+        "box and 'View detailed results here' at the start of every Tuner.fit, whatever its verbose "
+        "(TuneTerminalReporter.experiment_started); the legacy engine at verbose=0 prints nothing.",
+    ),
     "asha_max_t": Workaround(
         "ray",
         RAY_CHECKED,
@@ -181,6 +188,12 @@ def watch_tune_interrupt() -> Iterator[TuneInterruptWatch]:
         yield watch
     finally:
         tune_logger.removeHandler(watch)
+
+
+def quiet_tune_output() -> None:
+    """Tuner.fit in this process prints no boxes or tables at ``RunConfig(verbose=0)`` (unless the
+    user chose an output engine with ``RAY_AIR_NEW_OUTPUT``); read by Tune at each fit."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def asha_max_t(epochs: int) -> int:

@@ -76,6 +76,7 @@ def configure_output(verbose: bool = False, platform_level: int = logging.INFO) 
         from resnet_platform import _compat
 
         _compat.quiet_token_auth_notice()
+        _compat.quiet_tune_output()
 
 
 def data_progress_bars_off() -> None:
