@@ -71,7 +71,13 @@ def check(args: argparse.Namespace) -> dict:
     for flag, value in (("--iterations", args.iterations), ("--epochs", args.epochs)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
-    return values
+    try:
+        milestones = tuple(int(m) for m in args.milestones.split(",") if m)
+    except ValueError:
+        raise ConfigError(
+            f"--milestones: expected a comma list of iterations, got {args.milestones!r}"
+        ) from None
+    return {"milestones": milestones, **values}
 
 
 def train(args: argparse.Namespace, values: dict) -> None:
@@ -80,7 +86,6 @@ def train(args: argparse.Namespace, values: dict) -> None:
         val_split=args.val_split,
         track=not args.no_mlflow,
         iterations=args.iterations,
-        milestones=tuple(int(m) for m in args.milestones.split(",") if m),
         epochs=args.epochs,
         **values,
     )

@@ -230,7 +230,8 @@ def _sweep_cmd(data: str, storage: Path, tracking_uri: str, *extra: str) -> list
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     digits_shards, ray_local, mlflow_server, tmp_path
 ):
-    """Ctrl-C (SIGINT) the sweep once its first trial has finished and the second is under way;
+    """SIGTERM (a scheduler's stop; the job takes Tune's own Ctrl-C path, stopping.py) the sweep once
+    its first trial has finished and the second is under way;
     --resume then runs the second to the end and leaves the first alone."""
     from resnet_platform.tracking.runs import client_for
 
@@ -260,7 +261,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
             time.sleep(1)
         assert len(kids) == 2, log_path.read_text()[-4000:]
         time.sleep(3)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
