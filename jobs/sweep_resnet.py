@@ -13,10 +13,11 @@ import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
 from resnet_platform.jobrunner import run_job
 from resnet_platform.tune.cli import build_parser, config_from_args
-from resnet_platform.tune.sweep import format_report, run_sweep
 
 
 def sweep(args, config) -> int:
+    from resnet_platform.tune.sweep import format_report, run_sweep  # Ray Tune, once the flags are valid
+
     outcome = run_sweep(config)
     print(format_report(outcome))
     return 3 if outcome.interrupted else 0  # 3: interrupted, rerun with --resume

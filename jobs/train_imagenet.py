@@ -14,11 +14,14 @@ import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
 from resnet_platform.jobrunner import run_job
 from resnet_platform.train.cli import build_parser, config_from_args
-from resnet_platform.train.main import format_report, train_and_track
 from resnet_platform.train.recipes import describe
 
 
 def train(args, config) -> None:
+    # Torch and Ray Train are imported once the settings are known to be valid: a bad flag is a
+    # second's wait, not ten.
+    from resnet_platform.train.main import format_report, train_and_track
+
     print(describe(config), flush=True)  # the effective values (MLflow gets them all as params)
     print(format_report(train_and_track(config, track=not args.no_mlflow)))
 
