@@ -231,6 +231,23 @@ def test_ray_data_console_is_quieted_in_this_process():
     assert "Progress bars disabled" in inspect.getsource(progress)
 
 
+def test_forwarded_worker_lines_go_through_the_filter(ray_local):
+    """The driver's handler of lines forwarded from Ray workers is still found by name and still
+    called with a batch of lines; the filter sees each batch and prints what it keeps."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    saved = list(dispatcher.handlers)
+    seen: list[list[str]] = []
+    try:
+        assert _compat.filter_worker_log_lines(lambda lines: seen.append(lines) or [])
+        batch = {"lines": ["a line"], "pid": 1, "ip": "127.0.0.1", "is_err": False, "job": "01"}
+        batch.update(task_name=None, actor_name=None)
+        dispatcher.emit(batch)
+    finally:
+        dispatcher.handlers = saved
+    assert seen == [["a line"]]
+
+
 # --------------------------------------------------------------------------------------- MLflow
 
 

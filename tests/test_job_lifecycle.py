@@ -40,6 +40,35 @@ def train_cmd(data: str, tmp_path: Path, tracking_uri: str, experiment: str, *ex
     ]  # fmt: skip
 
 
+def sigterm_once_ready(
+    cmd: list[str], env: dict, log_path: Path, ready, *, during=None
+) -> tuple[int, str, float]:
+    """Run ``cmd`` with its output in ``log_path``; once ``ready(log text)``, call ``during()`` (checks
+    on the running job) and send SIGTERM. Returns the exit status, the log and the seconds to exit."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(
+            lambda: ready(log_path.read_text(errors="replace")) or proc.poll() is not None,
+            timeout=400,
+            what="the job to be under way",
+        )
+        assert proc.poll() is None, log_path.read_text()[-4000:]
+        if during is not None:
+            during()
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+        took = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    assert "SIGTERM received" not in text and "Traceback" not in text, text[-4000:]  # no native dump
+    return rc, text, took
+
+
 @pytest.mark.slow
 def test_training_job_writes_only_the_platforms_lines_to_a_file(
     digits_shards, ray_local, mlflow_server, tmp_path
@@ -71,33 +100,14 @@ def test_sigterm_stops_training_with_one_line_and_the_run_killed(
     from resnet_platform.tracking.runs import client_for
 
     experiment = f"stop-{uuid.uuid4().hex[:6]}"
-    log_path = tmp_path / "job.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            train_cmd(digits_shards, tmp_path, mlflow_server.uri, experiment, "--epochs", "20"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=job_env(ray_local),
-        )
-    try:
-        wait_until(
-            lambda: "epoch 1/20" in log_path.read_text(errors="replace") or proc.poll() is not None,
-            timeout=400,
-            what="the first epoch line",
-        )
-        assert proc.poll() is None, log_path.read_text()[-4000:]
-        stopped_at = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=120)
-        took = time.monotonic() - stopped_at
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = log_path.read_text(errors="replace")
+    rc, text, took = sigterm_once_ready(
+        train_cmd(digits_shards, tmp_path, mlflow_server.uri, experiment, "--epochs", "20"),
+        job_env(ray_local),
+        tmp_path / "job.log",
+        lambda text: "epoch 1/20" in text,
+    )
     assert rc == 128 + signal.SIGTERM, text[-4000:]
     assert took < 90, took
-    assert "SIGTERM received" not in text and "Traceback" not in text, text[-4000:]
     assert text.rstrip().splitlines()[-1] == "train_imagenet.py: stopped by SIGTERM", text[-2000:]
     assert not foreign_lines(text), foreign_lines(text)[:20]
     client = client_for(mlflow_server.uri)
@@ -114,30 +124,24 @@ def test_sigterm_stops_the_serve_job_and_deletes_its_application(
 
     app = f"stop-{uuid.uuid4().hex[:6]}"
     reg = registered_digits_model
-    log_path = tmp_path / "serve.log"
     cmd = [
         sys.executable, str(REPO / "jobs" / "serve_model.py"),
         "--model", reg.uri(reg.versions[0]), "--tracking-uri", reg.tracking_uri, "--app-name", app,
         "--route-prefix", f"/{app}", "--port", str(free_port()), "--cpus-per-replica", "0.25",
     ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=job_env(ray_local))
-    try:
-        wait_until(
-            lambda: "serving " in log_path.read_text(errors="replace") or proc.poll() is not None,
-            timeout=300,
-            what="the serving line",
-        )
-        assert proc.poll() is None, log_path.read_text()[-4000:]
-        assert app in serve.status().applications
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = log_path.read_text(errors="replace")
+    rc, text, _ = sigterm_once_ready(
+        cmd,
+        job_env(ray_local),
+        tmp_path / "serve.log",
+        lambda text: "serving " in text,
+        during=lambda: assert_running(app),
+    )
     assert rc == 128 + signal.SIGTERM, text[-4000:]
-    assert "SIGTERM received" not in text and "Traceback" not in text, text[-4000:]
     assert text.rstrip().splitlines()[-1] == "serve_model.py: stopped by SIGTERM", text[-2000:]
-    assert app not in serve.status().applications
+    assert app not in serve.status().applications  # deleted by the job on its way out
+
+
+def assert_running(app: str) -> None:
+    from ray import serve
+
+    assert app in serve.status().applications

@@ -141,14 +141,15 @@ WORKAROUNDS: dict[str, Workaround] = {
         "would silence it but is read into RayConfig before a job can set it. The notice that "
         "authentication is OFF is a security warning and is kept.",
     ),
-    "drop_worker_log_lines": Workaround(
+    "filter_worker_log_lines": Workaround(
         "ray",
         RAY_CHECKED,
         "Ray Train's controller creates its PreemptionWatcher actor with max_restarts > 0 and "
         "constructor arguments large enough for the object store, and the core worker logs an ERROR "
-        "line about it (core_worker.cc) on every run; it is C++ logging in another process, forwarded "
-        "to the driver by log_to_driver, so the only place to drop it is the driver's handler of "
-        "forwarded lines (ray._private.ray_logging.global_worker_stdstream_dispatcher, private).",
+        "line about it (core_worker.cc) on every run; on a busy machine its autoscaling client logs "
+        "a 'safe to ignore' warning with a traceback. Both are printed in the controller's process "
+        "and forwarded to the driver by log_to_driver: the only place that sees them all is the "
+        "driver's handler of forwarded lines (ray._private.ray_logging's private dispatcher).",
     ),
     "quiet_ray_data_console": Workaround(
         "ray",
@@ -291,22 +292,22 @@ def local_cluster_address_for_workers() -> Iterator[str]:
 FORWARDED_LOGS_HANDLER = "ray_print_logs"
 
 
-def drop_worker_log_lines(drop) -> bool:
-    """In the driver, after ``ray.init(log_to_driver=True)``: lines forwarded from Ray's worker
-    processes for which ``drop(line)`` is true are not printed. Returns whether the handler was found."""
+def filter_worker_log_lines(keep) -> bool:
+    """In the driver, after ``ray.init(log_to_driver=True)``: of each batch of lines forwarded from a
+    Ray worker process, only ``keep(lines)`` is printed. Returns whether Ray's handler was found."""
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     with dispatcher._lock:
         for i, (name, handler) in enumerate(dispatcher.handlers):
-            if name != FORWARDED_LOGS_HANDLER or getattr(handler, "_drops", None) is drop:
+            if name != FORWARDED_LOGS_HANDLER or getattr(handler, "_keep", None) is keep:
                 continue
 
             def filtered(data, _print=handler):
-                lines = [line for line in data.get("lines", ()) if not drop(line)]
+                lines = keep(list(data.get("lines", ())))
                 if lines:
                     _print({**data, "lines": lines})
 
-            filtered._drops = drop
+            filtered._keep = keep
             dispatcher.handlers[i] = (name, filtered)
             return True
     return False

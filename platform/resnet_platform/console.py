@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 from resnet_platform.stopping import install_stop_handlers
@@ -28,9 +29,15 @@ PLATFORM_LOGGER = "resnet_platform"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SETUP_HOOK = "resnet_platform.console.setup_worker_output"
 DATA_BARS_OFF_ENV = "RAY_DATA_DISABLE_PROGRESS_BARS"
-# Lines Ray's worker processes print on every run that say nothing a user can act on (dropped from
-# what the driver prints unless --verbose): Ray Train's PreemptionWatcher actor's constructor note.
-FRAMEWORK_NOISE = ("has constructor arguments in the object store and max_restarts > 0",)
+MLFLOW_URL_LINES_OFF = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+# Lines Ray's worker processes print that say nothing a user can act on (dropped, with the traceback
+# that follows them, from what the driver prints unless --verbose): Ray Train's note on its
+# PreemptionWatcher actor (every run), its autoscaling client's "safe to ignore" timeout (busy hosts).
+FRAMEWORK_NOISE = (
+    "has constructor arguments in the object store and max_restarts > 0",
+    "Failed to send resource request for train-",
+)
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\):|\s+\S.*|[A-Za-z_][\w.]*: .*")
 # Libraries that log INFO lines on their own handlers (they do not propagate to the root logger).
 CHATTY_LOGGERS = ("mlflow", "ray")
 
@@ -52,6 +59,7 @@ def inherited_env(verbose: bool) -> dict[str, str]:
     env = {VERBOSE_ENV: "1" if verbose else "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     if not verbose:
         env["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read by MLflow when imported
+        env[MLFLOW_URL_LINES_OFF] = "true"
     if os.environ.get(DATA_BARS_OFF_ENV):  # no terminal where the job was started: none anywhere
         env[DATA_BARS_OFF_ENV] = os.environ[DATA_BARS_OFF_ENV]
     return env
@@ -63,6 +71,8 @@ def configure_output(verbose: bool = False, platform_level: int = logging.INFO) 
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # MLflow's "View run ... at: URL" pair when a run ends: the job's report names the run itself.
+        os.environ.setdefault(MLFLOW_URL_LINES_OFF, "true")
     if not sys.stderr.isatty():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         data_progress_bars_off()
@@ -114,6 +124,8 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
     verbose = is_verbose()
     if not sys.stderr.isatty():  # progress bars only on a terminal
         data_progress_bars_off()
+    if not verbose:
+        _compat.quiet_token_auth_notice()
     kwargs = {
         "log_to_driver": True,
         "logging_level": logging.INFO if verbose else logging.WARNING,
@@ -134,11 +146,22 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
     install_stop_handlers()  # after ray.init: its native SIGTERM handler would print a stack dump
     if not verbose:
         _compat.quiet_ray_data_console()
-        _compat.drop_worker_log_lines(is_framework_noise)
+        _compat.filter_worker_log_lines(without_framework_noise)
 
 
-def is_framework_noise(line: str) -> bool:
-    return any(text in line for text in FRAMEWORK_NOISE)
+def without_framework_noise(lines: list[str]) -> list[str]:
+    """``lines`` less those naming :data:`FRAMEWORK_NOISE` and the traceback below each."""
+    kept: list[str] = []
+    dropping = False
+    for line in lines:
+        if any(text in line for text in FRAMEWORK_NOISE):
+            dropping = True
+        elif not (dropping and _TRACEBACK.fullmatch(line)):
+            dropping = False
+            kept.append(line)
+        elif not line.startswith((" ", "Traceback")):  # the exception's own line ends it
+            dropping = False
+    return kept
 
 
 def setup_worker_output() -> None:
