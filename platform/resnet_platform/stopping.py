@@ -74,3 +74,10 @@ def stop_handlers() -> Iterator[None]:
 def stop_signal() -> int | None:
     """The signal that stopped this job, if one did (a library's graceful path may have handled it)."""
     return _received[0] if _received else None
+
+
+def raise_if_stopped() -> None:
+    """Raise :class:`Stopped` if a stop signal reached this job: after a library call whose own
+    graceful path took the signal and returned (Ray Train's abort), the job still stops here."""
+    if _received:
+        raise Stopped(_received[0])

@@ -25,6 +25,7 @@ from resnet_platform.console import ensure_ray, is_verbose
 from resnet_platform.data.checks import check_prepared_data, check_splits, find_data_error
 from resnet_platform.data.manifest import Manifest, read_manifest
 from resnet_platform.errors import UserError
+from resnet_platform.stopping import raise_if_stopped
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
@@ -198,6 +199,7 @@ def run_training(
         )
         with _compat.sigint_handler_restored():
             result = trainer.fit()
+        raise_if_stopped()  # SIGTERM taken by Ray Train's own abort: the run is killed, not finished
     except BaseException as err:
         if tracker is not None:  # bounded, and never raises over ``err``
             tracker.close(failed=True, status="KILLED" if isinstance(err, KeyboardInterrupt) else None)
