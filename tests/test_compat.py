@@ -231,21 +231,27 @@ def test_ray_data_console_is_quieted_in_this_process():
     assert "Progress bars disabled" in inspect.getsource(progress)
 
 
-def test_forwarded_worker_lines_go_through_the_filter(ray_local):
-    """The driver's handler of lines forwarded from Ray workers is still found by name and still
-    called with a batch of lines; the filter sees each batch and prints what it keeps."""
+def test_forwarded_worker_lines_go_through_the_filter():
+    """``ray.init(log_to_driver=True)`` still registers the driver's printer of forwarded lines under
+    the name the filter looks for; the filter then sees each batch and prints what it keeps."""
+    from ray._private import worker
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
+    source = inspect.getsource(worker.connect)
+    assert (
+        f'"{_compat.FORWARDED_LOGS_HANDLER}"' in source
+        and "global_worker_stdstream_dispatcher.add_handler" in source
+    )
     saved = list(dispatcher.handlers)
-    seen: list[list[str]] = []
+    printed: list[list[str]] = []
     try:
-        assert _compat.filter_worker_log_lines(lambda lines: seen.append(lines) or [])
-        batch = {"lines": ["a line"], "pid": 1, "ip": "127.0.0.1", "is_err": False, "job": "01"}
-        batch.update(task_name=None, actor_name=None)
-        dispatcher.emit(batch)
+        dispatcher.add_handler(_compat.FORWARDED_LOGS_HANDLER, lambda data: printed.append(data["lines"]))
+        assert _compat.filter_worker_log_lines(lambda lines: [line for line in lines if line != "noise"])
+        dispatcher.emit({"lines": ["noise", "a line"], "pid": 1, "is_err": False})
+        dispatcher.emit({"lines": ["noise"], "pid": 1, "is_err": False})
     finally:
         dispatcher.handlers = saved
-    assert seen == [["a line"]]
+    assert printed == [["a line"]]
 
 
 # --------------------------------------------------------------------------------------- MLflow

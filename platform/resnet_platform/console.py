@@ -31,11 +31,15 @@ SETUP_HOOK = "resnet_platform.console.setup_worker_output"
 DATA_BARS_OFF_ENV = "RAY_DATA_DISABLE_PROGRESS_BARS"
 MLFLOW_URL_LINES_OFF = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 # Lines Ray's worker processes print that say nothing a user can act on (dropped, with the traceback
-# that follows them, from what the driver prints unless --verbose): Ray Train's note on its
-# PreemptionWatcher actor (every run), its autoscaling client's "safe to ignore" timeout (busy hosts).
+# or source line that follows them, from what the driver prints unless --verbose): Ray Train's note
+# on its PreemptionWatcher actor (every run), its autoscaling client's "safe to ignore" timeout
+# (busy hosts), torch's warning about read-only arrays.
 FRAMEWORK_NOISE = (
     "has constructor arguments in the object store and max_restarts > 0",
     "Failed to send resource request for train-",
+    # torch, on the read-only arrays Ray Data hands to iter_torch_batches (harmless: they are copied
+    # to the device); a Python warning printed once per worker, with its source line below it
+    "UserWarning: The given NumPy array is not writable",
 )
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\):|\s+\S.*|[A-Za-z_][\w.]*: .*")
 # Libraries that log INFO lines on their own handlers (they do not propagate to the root logger).
