@@ -277,52 +277,52 @@ def test_global_tracking_uri_is_scoped_to_the_block(monkeypatch):
 
 
 @pytest.mark.slow  # a fresh SQLite store: seconds of schema migrations
-def test_model_version_source_is_still_resolved_through_the_global_uri(tmp_path, monkeypatch):
+def test_model_version_source_is_still_resolved_through_the_global_uri(logged_model):
     """Still needed: with a store the client opens itself (the SQLite default, the demo's), its
     create_model_version looks a ``models:/m-...`` source up in the process-wide tracking URI. With
     that pointing at a dead server, the call fails; scoped to the store, it works."""
-    from fixtures.ports import free_port
     from mlflow.exceptions import MlflowException
+
+    store = logged_model
+    client, model, source = store.client, store.model, f"models:/{store.model.model_id}"
+    with _compat.use_global_tracking_uri(store.dead), pytest.raises(MlflowException) as refused:
+        client.create_model_version("m", source=source, run_id=store.run_id, model_id=model.model_id)
+    assert store.dead in str(refused.value), refused.value  # it went to the global URI
+    with _compat.use_global_tracking_uri(store.uri):
+        mv = client.create_model_version("m", source=source, run_id=store.run_id, model_id=model.model_id)
+    assert str(mv.version) == "1"
+
+
+@pytest.fixture
+def logged_model(tmp_path, monkeypatch):
+    """A fresh SQLite store holding a run, a logged model ``m-...`` and a registered model ``m``
+    (no version yet), and a process-wide URI to point elsewhere (``dead``: nothing listens)."""
+    from fixtures.ports import free_port
 
     from resnet_platform.tracking.runs import client_for, start_run
 
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = client_for(uri)
-    run_id = start_run(uri, "compat", "global-uri")
+    run_id = start_run(uri, "compat", "logged-model")
     model = client.create_logged_model(
         experiment_id=client.get_run(run_id).info.experiment_id, name="m", source_run_id=run_id
     )
     client.create_registered_model("m")
-    source = f"models:/{model.model_id}"
-    with _compat.use_global_tracking_uri(dead), pytest.raises(MlflowException) as refused:
-        client.create_model_version("m", source=source, run_id=run_id, model_id=model.model_id)
-    assert dead in str(refused.value), refused.value  # it went to the global URI
-    with _compat.use_global_tracking_uri(uri):
-        mv = client.create_model_version("m", source=source, run_id=run_id, model_id=model.model_id)
-    assert str(mv.version) == "1"
+    dead = f"http://127.0.0.1:{free_port()}"
+    return types.SimpleNamespace(uri=uri, dead=dead, client=client, run_id=run_id, model=model)
 
 
 @pytest.mark.slow  # a fresh SQLite store: seconds of schema migrations
-def test_model_uris_resolve_through_the_given_client_not_the_global_uri(tmp_path, monkeypatch):
+def test_model_uris_resolve_through_the_given_client_not_the_global_uri(logged_model, tmp_path):
     """``model_artifact_uri`` resolves ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` and
     ``runs:/`` through the client it is given while the process-wide URI points at a dead server;
     still needed: MLflow's own download of the same URI goes to the process-wide registry."""
     import mlflow
-    from fixtures.ports import free_port
 
-    from resnet_platform.tracking.runs import client_for, start_run
-
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = client_for(uri)
-    run_id = start_run(uri, "compat", "model-uri")
-    model = client.create_logged_model(
-        experiment_id=client.get_run(run_id).info.experiment_id, name="m", source_run_id=run_id
+    uri, dead, client, run_id, model = (
+        getattr(logged_model, k) for k in ("uri", "dead", "client", "run_id", "model")
     )
-    client.create_registered_model("m")
     with _compat.use_global_tracking_uri(uri):
         client.create_model_version(
             "m", source=f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id
