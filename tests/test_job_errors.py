@@ -80,6 +80,7 @@ def test_missing_source_folder(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # imports torch and Ray Train (the training path) before it reads the data set
 def test_data_that_was_never_prepared(tmp_path):
     never = tmp_path / "never-prepared"
     never.mkdir()
@@ -87,6 +88,7 @@ def test_data_that_was_never_prepared(tmp_path):
     assert_one_line(result, "train_imagenet.py", code=1, says="run jobs/prepare_imagenet.py")
 
 
+@pytest.mark.slow  # imports torch and Ray Train, then waits for the 2 s storage deadline
 def test_unreachable_storage(tmp_path):
     """An S3 endpoint that does not answer: one line within the storage deadline."""
     dead = {
