@@ -12,40 +12,45 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
-from mlflow.exceptions import MlflowException
 
-from resnet_platform.console import add_verbose_flag, configure_output, ensure_ray
-from resnet_platform.serving.batch import BatchPredictConfig, BatchPredictError, batch_predict
-from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
-from resnet_platform.storage import StorageError
+from resnet_platform.console import ensure_ray
+from resnet_platform.jobrunner import config_from_flags, run_job
+from resnet_platform.serving.batch import BatchPredictConfig, batch_predict
+from resnet_platform.settings import HelpFormatter, add_flags
+from resnet_platform.tracking.registry import pin_version, resolve_tracking_uri
 
 
 class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown, the usage examples in the description kept as written."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batch_predict.py", description=__doc__, formatter_class=_HelpFormatter
     )
     groups = {"model": "model", "data": "input and placement", "compute": "model actors", "output": "output"}
     add_flags(parser, BatchPredictConfig, groups=groups, required=("model", "input", "output"))
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    config = BatchPredictConfig(**values_from_args(args, BatchPredictConfig))
-    configure_output(args.verbose, platform_level=logging.WARNING)
+    return parser
+
+
+def predict(args: argparse.Namespace, config: BatchPredictConfig) -> None:
+    if config.model.startswith("models:/"):  # an unknown model or alias: one line before Ray starts
+        pin_version(config.model, resolve_tracking_uri(config.tracking_uri))
     ensure_ray()
-    try:
-        summary = batch_predict(config)
-    except (BatchPredictError, ValueError, FileNotFoundError, MlflowException, StorageError) as err:
-        parser.exit(2, f"batch_predict.py: error: {str(err).splitlines()[0]}\n")
-    print(summary.format())
-    return 0
+    print(batch_predict(config).format())
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(
+        build_parser(),
+        config_from_flags(BatchPredictConfig),
+        predict,
+        argv=argv,
+        platform_level=logging.WARNING,
+    )
 
 
 if __name__ == "__main__":

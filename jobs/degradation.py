@@ -22,8 +22,8 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
-from resnet_platform.console import add_verbose_flag, configure_output
-from resnet_platform.data.checks import DataCheckError
+from resnet_platform.console import add_verbose_flag
+from resnet_platform.jobrunner import run_job
 from resnet_platform.paper.degradation import FLAG_GROUPS, DegradationConfig, run_degradation
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
 
@@ -38,26 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_output(args.verbose)
-    try:
-        config = DegradationConfig(track=not args.no_mlflow, **values_from_args(args, DegradationConfig))
-    except ValueError as err:
-        parser.error(str(err))
-    try:
-        outcome = run_degradation(config)
-    except (DataCheckError, FileNotFoundError) as err:  # the archive or data set: one line naming it
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-    except ValueError as err:
-        parser.error(str(err))
+def run(args: argparse.Namespace, config: DegradationConfig) -> None:
+    outcome = run_degradation(config)
     print(Path(outcome.files["table.md"]).read_text())
     for name, path in outcome.files.items():
         print(f"{name}: {path}")
     if outcome.summary_run_id:
         print(f"MLflow summary run: {outcome.summary_run_id}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(
+        build_parser(),
+        lambda args: DegradationConfig(track=not args.no_mlflow, **values_from_args(args, DegradationConfig)),
+        run,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

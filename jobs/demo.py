@@ -11,36 +11,43 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import sys
 import time
 from pathlib import Path
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
-from resnet_platform.console import add_verbose_flag, configure_output, ensure_ray
+from resnet_platform.console import ensure_ray
+from resnet_platform.errors import ConfigError
+from resnet_platform.jobrunner import run_job
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output", default="demo-output", help="where data, runs and mlflow.db go")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--arch", default="cifar_resnet20")
-    add_verbose_flag(parser)
     parser.add_argument(
         "--recipe",
         default=None,
         help="train with a --recipe preset at the digits' scale (eval crop 32 px, batch 64, lr scaled "
         "linearly, EMA scaled to the data set); default: the demo's own settings below",
     )
-    args = parser.parse_args(argv)
-    # The demo narrates itself: the platform's own log lines from WARNING up, as Ray's and MLflow's.
-    configure_output(args.verbose, platform_level=logging.WARNING)
+    return parser
 
+
+def check(args: argparse.Namespace) -> argparse.Namespace:
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    from resnet_platform.models import get_spec
+
+    get_spec(args.arch)
+    return args
+
+
+def demo(args: argparse.Namespace, _: argparse.Namespace) -> None:
     from resnet_platform.data.digits import write_digits_imagenet
     from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
     from resnet_platform.models.summary import format_table
@@ -124,5 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def main(argv: list[str] | None = None) -> int:
+    # The demo narrates itself: the platform's own log lines from WARNING up, as Ray's and MLflow's.
+    return run_job(build_parser(), check, demo, argv=argv, platform_level=logging.WARNING)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,39 +13,49 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
-from resnet_platform.console import add_verbose_flag, configure_output
-from resnet_platform.serving.export import ExportConfig, ExportError, ParityError, export_model
+from resnet_platform.errors import MissingInputError
+from resnet_platform.jobrunner import run_job
+from resnet_platform.serving.export import ExportConfig, ParityError, export_model
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
-from resnet_platform.storage import StorageError
 
 
 class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown, the usage example in the description kept as written."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="export_model.py", description=__doc__, formatter_class=_HelpFormatter
     )
     groups = {"model": "model", "parity": "parity check", "output": "output"}
     add_flags(parser, ExportConfig, groups=groups, required=("model", "images"))
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    configure_output(args.verbose, platform_level=logging.WARNING)
+    return parser
+
+
+def export(args: argparse.Namespace, config: ExportConfig) -> int:
     try:
-        result = export_model(ExportConfig(**values_from_args(args, ExportConfig)))
-    except (ExportError, StorageError, FileNotFoundError) as err:
-        parser.exit(2, f"{parser.prog}: error: {str(err).splitlines()[0]}\n")
-    except ParityError as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
+        result = export_model(config)
+    except FileNotFoundError as err:  # a model folder or image set named by the user
+        raise MissingInputError(str(err)) from err
+    except ParityError as err:  # logged to the version's run already; the export is not to be used
+        print(f"export_model.py: error: {err}", file=sys.stderr)
+        return 1
     print(result.format())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(
+        build_parser(),
+        lambda args: ExportConfig(**values_from_args(args, ExportConfig)),
+        export,
+        argv=argv,
+        platform_level=logging.WARNING,
+    )
 
 
 if __name__ == "__main__":

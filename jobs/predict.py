@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
-from resnet_platform.console import add_verbose_flag, configure_output
+from resnet_platform.errors import ConfigError
+from resnet_platform.jobrunner import run_job
 from resnet_platform.tracking import load_model, resolve_tracking_uri
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="predict.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--model", required=True, help="models:/NAME@alias, models:/NAME/VERSION, runs:/... or a path"
@@ -27,9 +29,16 @@ def main(argv: list[str] | None = None) -> None:
         "--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
     )
     parser.add_argument("--device", default="cpu")
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    configure_output(args.verbose, platform_level=logging.WARNING)
+    return parser
+
+
+def check(args: argparse.Namespace) -> argparse.Namespace:
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    return args
+
+
+def predict(args: argparse.Namespace, _: argparse.Namespace) -> None:
     model = load_model(args.model, tracking_uri=resolve_tracking_uri(args.tracking_uri), device=args.device)
     for path in args.images:
         (top,) = model.predict_topk([path], k=args.top_k)
@@ -38,5 +47,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {rank}. {p.label:<30} {p.probability:.4f}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_job(build_parser(), check, predict, argv=argv, platform_level=logging.WARNING)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

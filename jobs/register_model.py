@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
-from resnet_platform.console import add_verbose_flag, configure_output
+from resnet_platform.jobrunner import run_job
 from resnet_platform.tracking import decide_promotion, resolve_tracking_uri, set_alias
 
 
-def main(argv: list[str] | None = None) -> bool:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="register_model.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--name", required=True, help="registered model name")
     parser.add_argument("--version", required=True, help="model version to point the alias at")
@@ -31,9 +32,11 @@ def main(argv: list[str] | None = None) -> bool:
     parser.add_argument(
         "--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
     )
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    configure_output(args.verbose, platform_level=logging.WARNING)
+    return parser
+
+
+def promote(args: argparse.Namespace) -> bool:
+    """Prints whether the alias moved and why; returns whether it did."""
     uri = resolve_tracking_uri(args.tracking_uri)
     ok, reason = decide_promotion(
         args.name,
@@ -49,5 +52,19 @@ def main(argv: list[str] | None = None) -> bool:
     return ok
 
 
+def main(argv: list[str] | None = None) -> bool:
+    """Whether the alias moved (the process exits 0 either way)."""
+    moved: list[bool] = []
+    run_job(
+        build_parser(),
+        lambda args: args,
+        lambda args, _: moved.append(promote(args)),
+        argv=argv,
+        platform_level=logging.WARNING,
+    )
+    return bool(moved and moved[0])
+
+
 if __name__ == "__main__":
     main()
+    sys.exit(0)

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
-from resnet_platform.console import add_verbose_flag, configure_output
-from resnet_platform.data.checks import DataCheckError
+from resnet_platform.jobrunner import run_job
 from resnet_platform.paper.reproduce import ReproduceConfig, reproduce
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
 
@@ -39,24 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    configure_output(args.verbose)
-    try:
-        config = ReproduceConfig(track=not args.no_mlflow, **values_from_args(args, ReproduceConfig))
-        config.archs  # noqa: B018  (unknown depths fail here)
-    except ValueError as err:
-        parser.error(str(err))
-    try:
-        outcome = reproduce(config)
-    except (DataCheckError, FileNotFoundError) as err:  # the archive: one line naming it
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+def check(args: argparse.Namespace) -> ReproduceConfig:
+    config = ReproduceConfig(track=not args.no_mlflow, **values_from_args(args, ReproduceConfig))
+    config.archs  # noqa: B018  (unknown depths fail here)
+    return config
+
+
+def run(args: argparse.Namespace, config: ReproduceConfig) -> None:
+    outcome = reproduce(config)
     print(Path(outcome.files["table6.md"]).read_text())
     for name, path in outcome.files.items():
         print(f"{name}: {path}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(build_parser(), check, run, argv=argv)
 
 
 if __name__ == "__main__":

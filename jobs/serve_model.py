@@ -12,24 +12,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
-from mlflow.exceptions import MlflowException
 
-from resnet_platform.console import add_verbose_flag, configure_output
+from resnet_platform.console import ensure_ray
+from resnet_platform.jobrunner import config_from_flags, run_job
 from resnet_platform.serving.serve import ServeConfig, start_serving
-from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
+from resnet_platform.settings import HelpFormatter, add_flags
+from resnet_platform.tracking.registry import pin_version, resolve_tracking_uri
 
 
 class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown, the usage examples in the description kept as written."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="serve_model.py", description=__doc__, formatter_class=_HelpFormatter
     )
@@ -44,29 +43,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--detach", action="store_true", help="deploy and return; the application keeps running"
     )
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    config = ServeConfig(**values_from_args(args, ServeConfig))
-    configure_output(args.verbose, platform_level=logging.WARNING)
+    return parser
 
-    import ray
+
+def serve_until_stopped(args: argparse.Namespace, config: ServeConfig) -> None:
+    """Deploy, then wait; SIGTERM or Ctrl-C (raised here by the job runner) deletes the application."""
     from ray import serve
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
-    try:
-        url = start_serving(config)
-    except (ValueError, MlflowException) as err:
-        parser.exit(2, f"serve_model.py: error: {str(err).splitlines()[0]}\n")
+    pin_version(config.model, resolve_tracking_uri(config.tracking_uri))  # before Ray: one line if unknown
+    ensure_ray(log_to_driver=False)
+    url = start_serving(config)
     print(f"serving {config.model} at {url}", flush=True)
     if args.detach:
-        return 0
+        return
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    finally:
         serve.delete(config.app_name)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(
+        build_parser(),
+        config_from_flags(ServeConfig),
+        serve_until_stopped,
+        argv=argv,
+        platform_level=logging.WARNING,
+    )
 
 
 if __name__ == "__main__":

@@ -11,30 +11,20 @@ import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
-from resnet_platform.console import add_verbose_flag, configure_output
-from resnet_platform.data.checks import DataCheckError
-from resnet_platform.train.init_from import InitFromError
+from resnet_platform.jobrunner import run_job
 from resnet_platform.tune.cli import build_parser, config_from_args
-from resnet_platform.tune.sweep import SweepExistsError, format_report, run_sweep
+
+
+def sweep(args, config) -> int:
+    from resnet_platform.tune.sweep import format_report, run_sweep  # Ray Tune, once the flags are valid
+
+    outcome = run_sweep(config)
+    print(format_report(outcome))
+    return 3 if outcome.interrupted else 0  # 3: interrupted, rerun with --resume
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    configure_output(args.verbose)
-    try:
-        config = config_from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
-    try:
-        outcome = run_sweep(config)
-    except SweepExistsError as err:
-        parser.error(str(err))
-    except (DataCheckError, InitFromError) as err:  # bad data or weights, found before any trial starts
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
-    print(format_report(outcome))
-    return 3 if outcome.interrupted else 0
+    return run_job(build_parser(), config_from_args, sweep, argv=argv)
 
 
 if __name__ == "__main__":

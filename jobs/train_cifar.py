@@ -20,12 +20,11 @@ import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
-from resnet_platform.console import add_verbose_flag, configure_output
-from resnet_platform.data.checks import DataCheckError
+from resnet_platform.errors import ConfigError
+from resnet_platform.jobrunner import run_job
 from resnet_platform.paper.recipe import CIFAR_RECIPE, PAPER_ITERATIONS, PAPER_MILESTONES, train_cifar
 from resnet_platform.settings import HelpFormatter, add_flags, values_from_args
 from resnet_platform.train.config import FLAG_GROUPS, TrainConfig
-from resnet_platform.train.init_from import InitFromError
 from resnet_platform.train.main import format_report
 
 # The training settings this job exposes; their defaults are the paper's CIFAR recipe.
@@ -66,30 +65,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    configure_output(args.verbose)
+def check(args: argparse.Namespace) -> dict:
+    """The training settings, range-checked (a TrainConfig is built from them), before Ray starts."""
+    values = values_from_args(args, TrainConfig, only=CIFAR_TRAIN_FLAGS)
+    TrainConfig(**values)
+    for flag, value in (("--iterations", args.iterations), ("--epochs", args.epochs)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
     try:
-        run = train_cifar(
-            args.data,
-            val_split=args.val_split,
-            track=not args.no_mlflow,
-            iterations=args.iterations,
-            milestones=tuple(int(m) for m in args.milestones.split(",") if m),
-            epochs=args.epochs,
-            **values_from_args(args, TrainConfig, only=CIFAR_TRAIN_FLAGS),
-        )
-    except (DataCheckError, FileNotFoundError, InitFromError) as err:  # the archive, its data, --init-from
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-    except ValueError as err:
-        parser.error(str(err))
+        milestones = tuple(int(m) for m in args.milestones.split(",") if m)
+    except ValueError:
+        raise ConfigError(
+            f"--milestones: expected a comma list of iterations, got {args.milestones!r}"
+        ) from None
+    return {"milestones": milestones, **values}
+
+
+def train(args: argparse.Namespace, values: dict) -> None:
+    run = train_cifar(
+        args.data,
+        val_split=args.val_split,
+        track=not args.no_mlflow,
+        iterations=args.iterations,
+        epochs=args.epochs,
+        **values,
+    )
     print(format_report(run.outcome))
     print(f"params: {run.params}  test error: {100 * run.test_error:.2f}%")
     if run.responses is not None:
         print("layer response std (3x3 layers): " + " ".join(f"{s:.3f}" for s in run.responses.stds))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(build_parser(), check, train, argv=argv)
 
 
 if __name__ == "__main__":

@@ -12,34 +12,24 @@ import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
-from resnet_platform.console import add_verbose_flag, configure_output
-from resnet_platform.data.checks import DataCheckError
-from resnet_platform.storage import StorageError
-from resnet_platform.tracking.training_run import TrackingUnavailableError
+from resnet_platform.jobrunner import run_job
 from resnet_platform.train.cli import build_parser, config_from_args
-from resnet_platform.train.init_from import InitFromError
-from resnet_platform.train.main import format_report, train_and_track
 from resnet_platform.train.recipes import describe
+
+
+def train(args, config) -> None:
+    # Torch and Ray Train are imported once the settings are known to be valid: a bad flag is a
+    # second's wait, not ten.
+    from resnet_platform.train.main import format_report, train_and_track
+
+    print(describe(config), flush=True)  # the effective values (MLflow gets them all as params)
+    print(format_report(train_and_track(config, track=not args.no_mlflow)))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(argv)  # --recipe's preset gives the defaults; flags override them
-    add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    configure_output(args.verbose)
-    try:
-        config = config_from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
-    print(describe(config), flush=True)  # the effective values (MLflow gets them all as params)
-    # Bad data (named data set, split or shard), storage, MLflow or --init-from the run cannot use: one line.
-    try:
-        outcome = train_and_track(config, track=not args.no_mlflow)
-    except (DataCheckError, StorageError, TrackingUnavailableError, InitFromError) as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
-    print(format_report(outcome))
-    return 0
+    # --recipe's preset gives the parser's defaults; flags override them
+    return run_job(build_parser(argv), config_from_args, train, argv=argv)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.output_lines import foreign_lines
 
 from resnet_platform.data.cifar import (
     FOLDER,
@@ -278,6 +279,12 @@ def test_train_cifar_job_end_to_end_with_mlflow(archive, ray_local, tmp_path, ml
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "test error:" in out.stdout and "layer response std" in out.stdout
+    # Not a terminal, default verbosity: only the platform's lines, from every process of the job
+    # (no Ray Data progress bars, Ray core or MLflow lines), and no note about epochs the run holds.
+    cifar_lines = (r"params: \d+  test error: [\d.]+%", r"layer response std \(3x3 layers\): .*")
+    foreign = foreign_lines(out.stdout + out.stderr, extra=cifar_lines)
+    assert not foreign, foreign[:20]
+    assert "already holds" not in out.stdout + out.stderr
     client = MlflowClient(mlflow_server.uri)
     run = client.search_runs(
         [client.get_experiment_by_name("cifar-test").experiment_id], "attributes.run_name = 'cifar-e2e'"

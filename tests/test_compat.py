@@ -111,6 +111,19 @@ def test_sweep_child_run_status(failed, stopped_early, run, expected):
     assert _compat.sweep_child_run_status(failed, stopped_early, run) == expected
 
 
+def test_quiet_tune_output_picks_the_engine_that_is_silent_at_verbose_0(monkeypatch):
+    """Still needed: the default engine is the one whose start box ignores verbosity; the variable
+    set by ``quiet_tune_output`` switches Tune to the legacy engine (no AIR verbosity)."""
+    from ray.tune.experimental.output import AirVerbosity, TuneTerminalReporter, get_air_verbosity
+
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT")
+    assert get_air_verbosity(0) == AirVerbosity(0)
+    assert "Configuration for experiment" in inspect.getsource(TuneTerminalReporter.experiment_started)
+    _compat.quiet_tune_output()
+    assert get_air_verbosity(0) is None
+
+
 # ------------------------------------------------------------------------------------ Ray Train
 
 
@@ -245,6 +258,29 @@ def test_training_function_traceback_is_dropped_only_for_errors_the_driver_repor
     assert len(logged) == 1 and "RuntimeError: a bug" in logged[0] and "Traceback" in logged[0]
 
 
+def test_forwarded_worker_lines_go_through_the_filter():
+    """``ray.init(log_to_driver=True)`` still registers the driver's printer of forwarded lines under
+    the name the filter looks for; the filter then sees each batch and prints what it keeps."""
+    from ray._private import worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    source = inspect.getsource(worker.connect)
+    assert (
+        f'"{_compat.FORWARDED_LOGS_HANDLER}"' in source
+        and "global_worker_stdstream_dispatcher.add_handler" in source
+    )
+    saved = list(dispatcher.handlers)
+    printed: list[list[str]] = []
+    try:
+        dispatcher.add_handler(_compat.FORWARDED_LOGS_HANDLER, lambda data: printed.append(data["lines"]))
+        assert _compat.filter_worker_log_lines(lambda lines: [line for line in lines if line != "noise"])
+        dispatcher.emit({"lines": ["noise", "a line"], "pid": 1, "is_err": False})
+        dispatcher.emit({"lines": ["noise"], "pid": 1, "is_err": False})
+    finally:
+        dispatcher.handlers = saved
+    assert printed == [["a line"]]
+
+
 # --------------------------------------------------------------------------------------- MLflow
 
 
@@ -268,31 +304,71 @@ def test_global_tracking_uri_is_scoped_to_the_block(monkeypatch):
 
 
 @pytest.mark.slow  # a fresh SQLite store: seconds of schema migrations
-def test_model_version_source_is_still_resolved_through_the_global_uri(tmp_path, monkeypatch):
+def test_model_version_source_is_still_resolved_through_the_global_uri(logged_model):
     """Still needed: with a store the client opens itself (the SQLite default, the demo's), its
     create_model_version looks a ``models:/m-...`` source up in the process-wide tracking URI. With
     that pointing at a dead server, the call fails; scoped to the store, it works."""
-    from fixtures.ports import free_port
     from mlflow.exceptions import MlflowException
+
+    store = logged_model
+    client, model, source = store.client, store.model, f"models:/{store.model.model_id}"
+    with _compat.use_global_tracking_uri(store.dead), pytest.raises(MlflowException) as refused:
+        client.create_model_version("m", source=source, run_id=store.run_id, model_id=model.model_id)
+    assert store.dead in str(refused.value), refused.value  # it went to the global URI
+    with _compat.use_global_tracking_uri(store.uri):
+        mv = client.create_model_version("m", source=source, run_id=store.run_id, model_id=model.model_id)
+    assert str(mv.version) == "1"
+
+
+@pytest.fixture
+def logged_model(tmp_path, monkeypatch):
+    """A fresh SQLite store holding a run, a logged model ``m-...`` and a registered model ``m``
+    (no version yet), and a process-wide URI to point elsewhere (``dead``: nothing listens)."""
+    from fixtures.ports import free_port
 
     from resnet_platform.tracking.runs import client_for, start_run
 
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = client_for(uri)
-    run_id = start_run(uri, "compat", "global-uri")
+    run_id = start_run(uri, "compat", "logged-model")
     model = client.create_logged_model(
         experiment_id=client.get_run(run_id).info.experiment_id, name="m", source_run_id=run_id
     )
     client.create_registered_model("m")
-    source = f"models:/{model.model_id}"
-    with _compat.use_global_tracking_uri(dead), pytest.raises(MlflowException) as refused:
-        client.create_model_version("m", source=source, run_id=run_id, model_id=model.model_id)
-    assert dead in str(refused.value), refused.value  # it went to the global URI
+    dead = f"http://127.0.0.1:{free_port()}"
+    return types.SimpleNamespace(uri=uri, dead=dead, client=client, run_id=run_id, model=model)
+
+
+@pytest.mark.slow  # a fresh SQLite store: seconds of schema migrations
+def test_model_uris_resolve_through_the_given_client_not_the_global_uri(logged_model, tmp_path):
+    """``model_artifact_uri`` resolves ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` and
+    ``runs:/`` through the client it is given while the process-wide URI points at a dead server;
+    still needed: MLflow's own download of the same URI goes to the process-wide registry."""
+    import mlflow
+
+    uri, dead, client, run_id, model = (
+        getattr(logged_model, k) for k in ("uri", "dead", "client", "run_id", "model")
+    )
     with _compat.use_global_tracking_uri(uri):
-        mv = client.create_model_version("m", source=source, run_id=run_id, model_id=model.model_id)
-    assert str(mv.version) == "1"
+        client.create_model_version(
+            "m", source=f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id
+        )
+    client.set_registered_model_alias("m", "champion", "1")
+    with _compat.use_global_tracking_uri(dead):
+        assert _compat.model_artifact_uri(client, "models:/m@champion") == model.artifact_location
+        assert _compat.model_artifact_uri(client, "models:/m/1") == model.artifact_location
+        run_uri = client.get_run(run_id).info.artifact_uri
+        assert _compat.model_artifact_uri(client, f"runs:/{run_id}/model") == f"{run_uri}/model"
+        assert _compat.model_artifact_uri(client, "s3://b/p") == "s3://b/p"
+        with pytest.raises(Exception) as refused:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri="models:/m@champion",
+                dst_path=str(tmp_path / "dl"),
+                tracking_uri=uri,
+                registry_uri=uri,
+            )
+    assert dead.split("//")[1] in str(refused.value), refused.value  # it asked the process-wide URI
 
 
 # ------------------------------------------------------------------------------ the test runner

@@ -94,3 +94,21 @@ def test_the_sessions_ray_workers_run_quiet(ray_local):
     seen = ray_local.get(worker_output.remote())
     assert seen["verbose"] == "0" and seen["mlflow"] == "WARNING" and seen["bars"] == "false"
     assert seen["ray_data_console"]  # the hook imported Ray Data (its console level: see test_compat)
+
+
+def test_framework_noise_is_dropped_with_its_traceback_and_nothing_else():
+    from resnet_platform.console import without_framework_noise
+
+    lines = [
+        "[2026-12-07 05:05:15,190 E 1 2] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' "
+        "and ID: '9a' has constructor arguments in the object store and max_restarts > 0",
+        "epoch 1/2  loss 0.5",
+        "Failed to send resource request for train-2b03. If this only happens transiently ...",
+        "Traceback (most recent call last):",
+        '  File "client.py", line 58, in send_resource_request',
+        "    ray.get(",
+        "ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready.",
+        "epoch 2/2  loss 0.4",
+        "Traceback (most recent call last):",  # not after noise: kept
+    ]
+    assert without_framework_noise(lines) == [lines[1], lines[7], lines[8]]

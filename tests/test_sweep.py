@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures.output_lines import foreign_lines
 
 from resnet_platform.train import TrainConfig
 from resnet_platform.tune import SearchSpace, SweepConfig, run_sweep
 from resnet_platform.tune.cli import build_parser, config_from_args
-from resnet_platform.tune.results import TrialRow, format_table, plot_error_vs_lr, to_csv, to_markdown
+from resnet_platform.tune.results import _SHOWN, TrialRow, format_table, plot_error_vs_lr, to_csv, to_markdown
 
 # One ASHA sweep (a module fixture) for its tests: they stay in one pytest process.
 pytestmark = pytest.mark.xdist_group("asha_sweep")
@@ -203,6 +204,13 @@ def test_sweep_parent_and_child_runs_in_mlflow(asha_sweep, mlflow_server):
             )
 
 
+# The sweep's report (tune/sweep.py format_report): its table, then a line per fact.
+SWEEP_REPORT_LINES = (
+    rf"\s*(?:\* )?[\w-]+(?:\s{{2,}}\S+){{{len(_SHOWN) - 1}}}",
+    r"sweep: .*|MLflow parent run: \w+|interrupted: rerun with --resume .*|best: trial .*",
+)
+
+
 def _sweep_cmd(data: str, storage: Path, tracking_uri: str, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -222,7 +230,8 @@ def _sweep_cmd(data: str, storage: Path, tracking_uri: str, *extra: str) -> list
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     digits_shards, ray_local, mlflow_server, tmp_path
 ):
-    """Ctrl-C (SIGINT) the sweep once its first trial has finished and the second is under way;
+    """SIGTERM (a scheduler's stop; the job takes Tune's own Ctrl-C path, stopping.py) the sweep once
+    its first trial has finished and the second is under way;
     --resume then runs the second to the end and leaves the first alone."""
     from resnet_platform.tracking.runs import client_for
 
@@ -252,13 +261,17 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
             time.sleep(1)
         assert len(kids) == 2, log_path.read_text()[-4000:]
         time.sleep(3)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert rc == 3, log_path.read_text()[-4000:]  # "interrupted: rerun with --resume"
+    # Written to a file at default verbosity: only the platform's lines (no Tune boxes or tables, no
+    # "View detailed results here", no Ray Data progress bars, no Ray core lines).
+    foreign = foreign_lines(log_path.read_text(errors="replace"), extra=SWEEP_REPORT_LINES)
+    assert not foreign, foreign[:20]
     first = min(kids, key=lambda r: r.info.start_time)
     first = client.get_run(first.info.run_id)
     assert first.info.status == "FINISHED"

@@ -63,6 +63,13 @@ WORKAROUNDS: dict[str, Workaround] = {
         "Tuner.fit() returns normally after a Ctrl-C and reports the trials it stopped as TERMINATED: "
         "the only sign of the interrupt is Tune's 'Stop signal received' warning (ray.tune.tune).",
     ),
+    "quiet_tune_output": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "Tune's default output engine (RAY_AIR_NEW_OUTPUT=1) prints a 'Configuration for experiment' "
+        "box and 'View detailed results here' at the start of every Tuner.fit, whatever its verbose "
+        "(TuneTerminalReporter.experiment_started); the legacy engine at verbose=0 prints nothing.",
+    ),
     "asha_max_t": Workaround(
         "ray",
         RAY_CHECKED,
@@ -80,6 +87,13 @@ WORKAROUNDS: dict[str, Workaround] = {
         MLFLOW_CHECKED,
         "RunData.metrics holds the latest value of each metric but not its step; the Metric objects "
         "(with steps) are only on the private RunData._metric_objs.",
+    ),
+    "model_artifact_uri": Workaround(
+        "mlflow",
+        MLFLOW_CHECKED,
+        "mlflow.artifacts.download_artifacts('models:/NAME@alias', tracking_uri=..., registry_uri=...) "
+        "looks the name up in the process-wide registry URI and ignores the one it is given: the "
+        "platform resolves models:/ and runs:/ URIs to storage URIs with an explicit client first.",
     ),
     "use_global_tracking_uri": Workaround(
         "mlflow",
@@ -106,7 +120,8 @@ WORKAROUNDS: dict[str, Workaround] = {
         "TorchTrainer.fit() in the main thread installs a SIGINT handler (DataParallelTrainer."
         "_register_sigint_handler) and never removes it: a Ctrl-C after the fit (while the model is "
         "logged) calls abort on a finished run instead of interrupting, and the handler keeps that "
-        "run's TrainController actor alive until the next fit.",
+        "run's TrainController actor alive until the next fit. On a Ctrl-C the handler aborts the run "
+        "and calls sys.exit(0): a stop would read as success, so it becomes a KeyboardInterrupt.",
     ),
     "persist_checkpoint": _STORAGE_CONTEXT,
     "checkpoint_target": _STORAGE_CONTEXT,
@@ -117,6 +132,24 @@ WORKAROUNDS: dict[str, Workaround] = {
         "auto-detects the cluster, and with another Ray instance on the machine it dies with 'Found "
         "multiple active Ray instances' (the worker group's CPUs then leak when a controller dies). "
         "A cluster started by ray.init(address='local') is given a fixed GCS port and RAY_ADDRESS.",
+    ),
+    "quiet_token_auth_notice": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "ray.init() that starts a local cluster logs a WARNING on every run that token authentication "
+        "is on by default (authentication_token_setup._warn_token_auth_enabled); RAY_AUTH_MODE=token "
+        "would silence it but is read into RayConfig before a job can set it. The notice that "
+        "authentication is OFF is a security warning and is kept.",
+    ),
+    "filter_worker_log_lines": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "Ray Train's controller creates its PreemptionWatcher actor with max_restarts > 0 and "
+        "constructor arguments large enough for the object store, and the core worker logs an ERROR "
+        "line about it (core_worker.cc) on every run; on a busy machine its autoscaling client logs "
+        "a 'safe to ignore' warning with a traceback. Both are printed in the controller's process "
+        "and forwarded to the driver by log_to_driver: the only place that sees them all is the "
+        "driver's handler of forwarded lines (ray._private.ray_logging's private dispatcher).",
     ),
     "quiet_ray_data_console": Workaround(
         "ray",
@@ -195,6 +228,12 @@ def watch_tune_interrupt() -> Iterator[TuneInterruptWatch]:
         tune_logger.removeHandler(watch)
 
 
+def quiet_tune_output() -> None:
+    """Tuner.fit in this process prints no boxes or tables at ``RunConfig(verbose=0)`` (unless the
+    user chose an output engine with ``RAY_AIR_NEW_OUTPUT``); read by Tune at each fit."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
 def asha_max_t(epochs: int) -> int:
     """ASHA's ``max_t`` for trials of ``epochs`` epochs (``time_attr="epoch"``): one past the last, so
     that a trial that trains all its epochs ends by returning, not by being killed."""
@@ -235,6 +274,8 @@ def sigint_handler_restored() -> Iterator[None]:
     saved = signal.getsignal(signal.SIGINT)
     try:
         yield
+    except SystemExit as exit_:  # its handler ends a Ctrl-C with sys.exit(0) once the run is aborted
+        raise KeyboardInterrupt("training aborted by Ctrl-C") from exit_
     finally:
         signal.signal(signal.SIGINT, saved)
 
@@ -285,6 +326,45 @@ def local_cluster_address_for_workers() -> Iterator[str]:
                 os.environ[key] = value
 
 
+FORWARDED_LOGS_HANDLER = "ray_print_logs"
+
+
+def filter_worker_log_lines(keep) -> bool:
+    """In the driver, after ``ray.init(log_to_driver=True)``: of each batch of lines forwarded from a
+    Ray worker process, only ``keep(lines)`` is printed. Returns whether Ray's handler was found."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    with dispatcher._lock:
+        for i, (name, handler) in enumerate(dispatcher.handlers):
+            if name != FORWARDED_LOGS_HANDLER or getattr(handler, "_keep", None) is keep:
+                continue
+
+            def filtered(data, _print=handler):
+                lines = keep(list(data.get("lines", ())))
+                if lines:
+                    _print({**data, "lines": lines})
+
+            filtered._keep = keep
+            dispatcher.handlers[i] = (name, filtered)
+            return True
+    return False
+
+
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _NoTokenAuthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled")
+
+
+def quiet_token_auth_notice() -> None:
+    """Ray's notice that a local cluster has token authentication on (its default) is not printed."""
+    logger = logging.getLogger(TOKEN_AUTH_LOGGER)
+    if not any(isinstance(f, _NoTokenAuthNotice) for f in logger.filters):
+        logger.addFilter(_NoTokenAuthNotice())
+
+
 class _NoProgressBarNotice(logging.Filter):
     """Ray Data warns once per process that progress bars are off: the platform turns them off itself
     where there is no terminal (their frames would be printed as lines)."""
@@ -329,3 +409,25 @@ def use_global_tracking_uri(uri: str) -> Iterator[None]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+def model_artifact_uri(client, model_uri: str) -> str:
+    """The storage URI of a model's directory (``mlflow-artifacts:/...``, ``s3://...``, a path) for
+    ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/m-ID`` or ``runs:/RUN/path``, resolved
+    through ``client`` (an ``MlflowClient``); any other URI is returned as it is."""
+    for _ in range(5):  # models:/NAME@alias -> models:/m-ID -> storage
+        if model_uri.startswith("runs:/"):
+            run_id, _, path = model_uri[len("runs:/") :].partition("/")
+            return client.get_run(run_id).info.artifact_uri.rstrip("/") + ("/" + path if path else "")
+        if not model_uri.startswith("models:/"):
+            return model_uri
+        ref = model_uri[len("models:/") :].strip("/")
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            model_uri = client.get_model_version_by_alias(name, alias).source
+        elif "/" in ref:
+            name, version = ref.rsplit("/", 1)
+            model_uri = client.get_model_version(name, version).source
+        else:  # a logged model id (m-...)
+            model_uri = client.get_logged_model(ref).artifact_location
+    raise ValueError(f"could not resolve {model_uri!r}: too many indirections")

@@ -19,7 +19,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
+
+from resnet_platform.stopping import install_stop_handlers
 
 VERBOSE_ENV = "RESNET_PLATFORM_VERBOSE"
 # Whether the job's own stderr is a terminal: Ray workers have none, so the driver tells them.
@@ -27,6 +30,20 @@ TERMINAL_ENV = "RESNET_PLATFORM_TERMINAL"
 PLATFORM_LOGGER = "resnet_platform"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SETUP_HOOK = "resnet_platform.console.setup_worker_output"
+DATA_BARS_OFF_ENV = "RAY_DATA_DISABLE_PROGRESS_BARS"
+MLFLOW_URL_LINES_OFF = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+# Lines Ray's worker processes print that say nothing a user can act on (dropped, with the traceback
+# or source line that follows them, from what the driver prints unless --verbose): Ray Train's note
+# on its PreemptionWatcher actor (every run), its autoscaling client's "safe to ignore" timeout
+# (busy hosts), torch's warning about read-only arrays.
+FRAMEWORK_NOISE = (
+    "has constructor arguments in the object store and max_restarts > 0",
+    "Failed to send resource request for train-",
+    # torch, on the read-only arrays Ray Data hands to iter_torch_batches (harmless: they are copied
+    # to the device); a Python warning printed once per worker, with its source line below it
+    "UserWarning: The given NumPy array is not writable",
+)
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\):|\s+\S.*|[A-Za-z_][\w.]*: .*")
 # Libraries that log INFO lines on their own handlers (they do not propagate to the root logger).
 CHATTY_LOGGERS = ("mlflow", "ray")
 
@@ -61,6 +78,9 @@ def inherited_env(verbose: bool) -> dict[str, str]:
     }
     if not verbose:
         env["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read by MLflow when imported
+        env[MLFLOW_URL_LINES_OFF] = "true"
+    if os.environ.get(DATA_BARS_OFF_ENV):  # no terminal where the job was started: none anywhere
+        env[DATA_BARS_OFF_ENV] = os.environ[DATA_BARS_OFF_ENV]
     return env
 
 
@@ -70,15 +90,36 @@ def configure_output(verbose: bool = False, platform_level: int = logging.INFO) 
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # MLflow's "View run ... at: URL" pair when a run ends: the job's report names the run itself.
+        os.environ.setdefault(MLFLOW_URL_LINES_OFF, "true")
     if not sys.stderr.isatty():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        data_progress_bars_off()
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(format=LOG_FORMAT)  # a no-op where the root logger has a handler already
     logging.getLogger().setLevel(level)
     logging.getLogger(PLATFORM_LOGGER).setLevel(logging.INFO if verbose else platform_level)
     for name in CHATTY_LOGGERS:  # when already imported and configured by the library itself
         logging.getLogger(name).setLevel(level)
+    if not verbose:
+        from resnet_platform import _compat
+
+        _compat.quiet_token_auth_notice()
+        _compat.quiet_tune_output()
+
+
+def data_progress_bars_off() -> None:
+    """No Ray Data progress bars from this job, in any of its processes (unless the user set
+    ``RAY_DATA_DISABLE_PROGRESS_BARS`` otherwise). Ray Data reads the variable once, when imported,
+    into its ``DataContext`` default; a dataset carries the creating process's context into the
+    actors that run it (the streaming split's coordinator among them), so the context of this
+    process is switched off too if ``ray.data`` was imported before the variable was set."""
+    if os.environ.setdefault(DATA_BARS_OFF_ENV, "1") in ("", "0"):
+        return
+    if "ray.data" in sys.modules:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
 
 
 def ray_runtime_env() -> dict:
@@ -101,7 +142,9 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     verbose = is_verbose()
     if not sys.stderr.isatty():  # progress bars only on a terminal
-        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        data_progress_bars_off()
+    if not verbose:
+        _compat.quiet_token_auth_notice()
     kwargs = {
         "log_to_driver": True,
         "logging_level": logging.INFO if verbose else logging.WARNING,
@@ -119,8 +162,25 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
                 raise
             kwargs.pop("runtime_env")
             ray.init(address=address, **kwargs)
+    install_stop_handlers()  # after ray.init: its native SIGTERM handler would print a stack dump
     if not verbose:
         _compat.quiet_ray_data_console()
+        _compat.filter_worker_log_lines(without_framework_noise)
+
+
+def without_framework_noise(lines: list[str]) -> list[str]:
+    """``lines`` less those naming :data:`FRAMEWORK_NOISE` and the traceback below each."""
+    kept: list[str] = []
+    dropping = False
+    for line in lines:
+        if any(text in line for text in FRAMEWORK_NOISE):
+            dropping = True
+        elif not (dropping and _TRACEBACK.fullmatch(line)):
+            dropping = False
+            kept.append(line)
+        elif not line.startswith((" ", "Traceback")):  # the exception's own line ends it
+            dropping = False
+    return kept
 
 
 def setup_worker_output() -> None:
@@ -133,6 +193,8 @@ def setup_worker_output() -> None:
         from resnet_platform import _compat
 
         _compat.quiet_ray_data_console()
+        if os.environ.get(DATA_BARS_OFF_ENV) not in (None, "", "0"):
+            data_progress_bars_off()  # a DataContext made before the variable reached this worker
     except Exception as e:  # noqa: BLE001
         logging.getLogger(__name__).warning("could not quiet this worker's output: %s", e)
 

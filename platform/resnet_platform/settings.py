@@ -7,6 +7,10 @@ dataclass's keyword arguments. Every job that trains builds its parser this way,
 is one line in the config, and a flag can no longer drift from the field it sets (as Ray's own image
 classification benchmark does with one pydantic config).
 
+A setting's range is declared with it too (``at_least=1``, ``above=0``, ``at_most=1``):
+:func:`check_ranges`, called by the dataclass's ``__post_init__``, refuses a value outside it with
+one line naming the flag (:class:`~resnet_platform.errors.ConfigError`), before anything starts.
+
 Conventions: ``--field-name`` for every field; booleans that default to False are ``--flag``
 switches, those that default to True get a ``--no-field-name`` switch; tuples are comma lists.
 """
@@ -19,6 +23,8 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from resnet_platform.errors import ConfigError
 
 _META = "resnet_platform"
 
@@ -45,11 +51,44 @@ def setting(
     metavar: str | None = None,
     cli: bool = True,
     default_factory: Any = dataclasses.MISSING,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
 ) -> Any:
     """A dataclass field with what its flag needs. ``choices`` may be a function (evaluated when the
-    parser is built, e.g. the model registry's names); ``cli=False``: not a flag (set by the driver)."""
+    parser is built, e.g. the model registry's names); ``cli=False``: not a flag (set by the driver).
+    ``at_least``/``above``/``at_most``: the range a number must lie in (None, where allowed, is
+    not checked); :func:`check_ranges` enforces it."""
     meta = {"help": help, "group": group, "choices": choices, "metavar": metavar, "cli": cli}
+    meta["range"] = {"at_least": at_least, "above": above, "at_most": at_most}
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_META: meta})
+
+
+def _out_of_range(value: Any, at_least: Any, above: Any, at_most: Any) -> str | None:
+    if at_least is not None and value < at_least:
+        return f"at least {at_least:g}"
+    if above is not None and value <= above:
+        return f"more than {above:g}"
+    if at_most is not None and value > at_most:
+        return f"at most {at_most:g}"
+    return None
+
+
+def check_ranges(obj: Any) -> None:
+    """Raise :class:`ConfigError` for the first setting of dataclass ``obj`` outside its declared range
+    (every number of a tuple is checked; None is not)."""
+    for f in dataclasses.fields(obj):
+        bounds = (_meta(f) or {}).get("range") or {}
+        if not any(v is not None for v in bounds.values()):
+            continue
+        value = getattr(obj, f.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if item is None or isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            wrong = _out_of_range(item, bounds["at_least"], bounds["above"], bounds["at_most"])
+            if wrong:
+                flag = "--" + f.name.replace("_", "-")
+                raise ConfigError(f"{flag} must be {wrong}, got {_show(value)}")
 
 
 def _meta(f: dataclasses.Field) -> dict | None:

@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from resnet_platform.errors import UserError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -69,7 +71,7 @@ class S3Limits:
         return limits
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """A storage location cannot be used (unreachable endpoint, missing bucket, bad credentials)."""
 
 
@@ -126,6 +128,13 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     elif "://" in uri:
         raise StorageError(f"{uri}: unsupported URI scheme (use a local path, file:// or s3://)")
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (Ray workers and Tune trials run in other directories); a URI
+    (``s3://``, ``file://``, ...) unchanged."""
+    uri = str(uri)
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
 def join(uri: str, *parts: str) -> str:

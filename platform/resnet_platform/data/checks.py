@@ -18,6 +18,7 @@ from PIL import Image
 
 from resnet_platform.data.manifest import Manifest
 from resnet_platform.data.skip_ledger import ledger_name, skip_summary, unlocated_keys
+from resnet_platform.errors import UserError, one_line
 from resnet_platform.storage import resolve
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit, 89,478,485
@@ -27,7 +28,7 @@ WORST_SHARDS = 5
 LOCATE_AT_MOST = 10_000  # decode-time skips located by key when the budget is exceeded
 
 
-class DataCheckError(ValueError):
+class DataCheckError(UserError, ValueError):
     """The data cannot be trained on as it is; the message is one line naming where and why."""
 
 
@@ -168,7 +169,7 @@ def find_data_error(error: BaseException) -> DataCheckError | None:
                 c for c in type(base).__mro__ if issubclass(c, DataCheckError) and "Ray" not in c.__name__
             )
             # Ray appends its retry notes to the message: keep the first line, the one we wrote.
-            return cls(str(base).strip().splitlines()[0])
+            return cls(one_line(base))
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
         todo += list(getattr(e, "worker_failures", {}).values())
     return None

@@ -27,6 +27,7 @@ from resnet_platform.data.checks import DataCheckError, check_labels
 from resnet_platform.data.manifest import Manifest, SplitManifest
 from resnet_platform.data.placement import DataPlacement
 from resnet_platform.data.transforms import pad_crop_flip
+from resnet_platform.errors import MissingInputError, one_line
 from resnet_platform.storage import resolve
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -161,9 +162,7 @@ def _members_from_tar(blob: bytes, where: str) -> Callable[[str], bytes]:
         tar = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
         by_name = {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
     except (tarfile.TarError, zlib.error, EOFError, OSError) as e:
-        reason = (
-            str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
-        )  # tarfile lists every method
+        reason = one_line(e).rstrip(":")  # tarfile lists every method it tried below
         raise CifarFormatError(
             f"{where}: not a CIFAR-10 archive (expected a tar.gz like {ARCHIVE}): {reason}"
         ) from e
@@ -202,7 +201,7 @@ def _open_source(uri: str) -> Callable[[str], bytes]:
         with fs.open_input_stream(path, compression=None) as f:
             return _members_from_tar(f.read(), uri)
     if info.type != pafs.FileType.Directory:
-        raise FileNotFoundError(f"no CIFAR-10 archive or folder at {uri}")
+        raise MissingInputError(f"no CIFAR-10 archive or folder at {uri}")
     for folder in (path, f"{path.rstrip('/')}/{FOLDER}"):
         if fs.get_file_info(f"{folder}/{TRAIN_BATCHES[0]}").type == pafs.FileType.File:
             return _members_from_folder(fs, folder, uri)
@@ -210,7 +209,7 @@ def _open_source(uri: str) -> Callable[[str], bytes]:
     if fs.get_file_info(archive).type == pafs.FileType.File:
         with fs.open_input_stream(archive, compression=None) as f:
             return _members_from_tar(f.read(), uri)
-    raise FileNotFoundError(f"{uri}: neither {FOLDER}/ nor {ARCHIVE} (nor the batches themselves) found")
+    raise MissingInputError(f"{uri}: neither {FOLDER}/ nor {ARCHIVE} (nor the batches themselves) found")
 
 
 def check_cifar_source(uri: str) -> None:

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from resnet_platform.errors import MissingInputError
+
 KAGGLE_CSV = "LOC_val_solution.csv"
 DEVKIT_GT = "ILSVRC2012_validation_ground_truth.txt"
 DEVKIT_META = "meta.mat"
@@ -142,7 +144,7 @@ def _flat_val(root: Path, val_dir: Path) -> tuple[str, list[SourceImage]]:
             wnid = id_to_wnid.get(ids[n - 1]) if 1 <= n <= len(ids) else None
             out.append(image(e, wnid))
         return f"flat val/ + devkit {gt_path.name} + {meta_path.name} ({gt_path.parent})", out
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"{val_dir}: flat validation images but no labels found: expected {KAGGLE_CSV} or "
         f"{DEVKIT_GT} + {DEVKIT_META} in {root} or nearby"
     )
@@ -152,12 +154,12 @@ def discover_split(root: str | Path, split: str) -> SplitSource:
     root = Path(root)
     split_dir = root / split
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"{root}: no {split}/ folder (expected ILSVRC2012 layout)")
+        raise MissingInputError(f"{root}: no {split}/ folder (expected ILSVRC2012 layout)")
     if _dirs(split_dir):
         images = _class_folders(root, split_dir)
         return SplitSource(split, f"{split}/<wnid>/ class folders", images)
     if split == "train":
-        raise FileNotFoundError(f"{split_dir}: expected class folders train/<wnid>/*.JPEG")
+        raise MissingInputError(f"{split_dir}: expected class folders train/<wnid>/*.JPEG")
     layout, images = _flat_val(root, split_dir)
     return SplitSource(split, layout, images)
 

@@ -10,13 +10,14 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow.fs as pafs
 
+from resnet_platform.errors import UserError
 from resnet_platform.storage import join, resolve
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
 
-class DatasetNotReadyError(ValueError):
+class DatasetNotReadyError(UserError, ValueError):
     """The data set root has no manifest: preparation is incomplete or never ran."""
 
 

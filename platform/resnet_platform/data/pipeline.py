@@ -24,12 +24,15 @@ from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from resnet_platform.data.manifest import Manifest, read_manifest
 from resnet_platform.data.placement import DataPlacement
 from resnet_platform.data.skip_ledger import ledger_name, record_skips, skipped_images
-from resnet_platform.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pad_crop_flip  # noqa: F401 (re-exported)
+from resnet_platform.data.transforms import (  # noqa: F401 (re-exported)
+    AUGMENTATIONS,
+    DECODE_MODES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    pad_crop_flip,
+)
 
 log = logging.getLogger(__name__)
-
-AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
-DECODE_MODES = ("cpu", "gpu")  # where JPEGs are decoded and cropped: data nodes, or the training device
 
 
 @dataclass

@@ -464,13 +464,10 @@ def prepare_imagenet(
     records: dict[str, dict] = {}
     unread: list[dict] = []
     started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS") or "local",
-            num_cpus=config.num_cpus,
-            configure_logging=False,
-            log_to_driver=False,
-        )
+    if started_ray:  # the job's rules: quiet workers, its stop handlers (console.ensure_ray)
+        from resnet_platform.console import ensure_ray
+
+        ensure_ray(num_cpus=config.num_cpus, configure_logging=False, log_to_driver=False)
     try:
         # Shards complete by their sidecar are kept only if their bytes still match its checksum.
         verify = ray.remote(num_cpus=1)(verified_shard)

@@ -35,6 +35,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the CIFAR-10 training set's per-channel mean and std
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# The train-time crops (``draw_crop``) and where JPEGs are decoded and cropped (the data nodes, or each
+# training worker's device): declared once, read by the pipeline and by ``TrainConfig``'s flags.
+AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
+DECODE_MODES = ("cpu", "gpu")
 NORMALIZATION_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
 # How a network is evaluated: "center" resizes the shorter side, then center-crops (ImageNet);
 # "whole" resizes the whole image to the square input (CIFAR's pad-crop models, section 4.2).

@@ -41,7 +41,6 @@ one seed), ``degradation_analysis.py`` (per net over seeds, the verdict), ``degr
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 
@@ -108,15 +107,14 @@ def run_degradation(cfg: DegradationConfig) -> DegradationOutcome:
     """Train the grid (nets x seeds) with Ray Tune, then write and log the figure and the tables."""
     from ray import tune
 
+    from resnet_platform import storage
     from resnet_platform.console import ensure_ray, is_verbose
     from resnet_platform.tune import trials
 
     started = time.monotonic()
     name = cfg.name or f"degradation-{time.strftime('%Y%m%d-%H%M%S')}"
-    store = cfg.storage if "://" in cfg.storage else os.path.abspath(cfg.storage)
-    data = cfg.data
-    if data != DIGITS and "://" not in data:
-        data = os.path.abspath(data)
+    store = storage.absolute(cfg.storage)
+    data = cfg.data if cfg.data == DIGITS else storage.absolute(cfg.data)
     tracking_uri = None
     if cfg.track:
         from resnet_platform.tracking.runs import ensure_experiment

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -124,12 +123,12 @@ def reproduce(cfg: ReproduceConfig) -> ReproduceOutcome:
 
     from ray import tune
 
+    from resnet_platform import storage
     from resnet_platform.train.runner import ensure_ray
     from resnet_platform.tune import trials
 
     name = cfg.name or f"paper-{time.strftime('%Y%m%d-%H%M%S')}"
-    store = cfg.storage if "://" in cfg.storage else os.path.abspath(cfg.storage)
-    data = cfg.data if "://" in cfg.data else os.path.abspath(cfg.data)
+    store, data = storage.absolute(cfg.storage), storage.absolute(cfg.data)
     tracking_uri = None
     if cfg.track:
         from resnet_platform.tracking.runs import resolve_tracking_uri

@@ -26,7 +26,8 @@ import pyarrow.fs as pafs
 
 from resnet_platform.data.manifest import DatasetNotReadyError, read_manifest
 from resnet_platform.data.placement import DataPlacement
-from resnet_platform.settings import setting
+from resnet_platform.errors import UserError
+from resnet_platform.settings import check_ranges, setting
 from resnet_platform.storage import join, resolve
 from resnet_platform.tracking.inference import ModelSpec, Preprocess
 from resnet_platform.tracking.registry import load_spec, pin_version, registered_version
@@ -50,7 +51,7 @@ OUTPUT_SCHEMA = pa.schema(
 )
 
 
-class BatchPredictError(ValueError):
+class BatchPredictError(UserError, ValueError):
     """A user mistake (missing input, output in the way, classes that do not match): one clear line."""
 
 
@@ -67,12 +68,12 @@ class BatchPredictConfig:
     )
     output: str = setting(help="folder or s3:// prefix for the Parquet output", group="output")
     split: str = setting("val", "prepared data sets: which split to predict", group="data")
-    top_k: int = setting(5, "classes kept per image", group="output")
-    batch_size: int = setting(64, "images per model call", group="compute")
-    concurrency: int = setting(1, "model actors", group="compute")
+    top_k: int = setting(5, "classes kept per image", group="output", at_least=1)
+    batch_size: int = setting(64, "images per model call", group="compute", at_least=1)
+    concurrency: int = setting(1, "model actors", group="compute", at_least=1)
     use_gpu: bool = setting(False, "one GPU per model actor", group="compute")
     cpus_per_actor: float = setting(
-        1.0, "CPUs reserved by each model actor (its torch threads)", group="compute"
+        1.0, "CPUs reserved by each model actor (its torch threads)", group="compute", at_least=0
     )
     runtime: str = setting(
         "torch",
@@ -80,7 +81,7 @@ class BatchPredictConfig:
         group="compute",
         choices=RUNTIMES,
     )
-    decode_cpus: float = setting(1.0, "CPUs per read/decode task", group="data")
+    decode_cpus: float = setting(1.0, "CPUs per read/decode task", group="data", above=0)
     data_node_label: str | None = setting(
         None,
         "KEY=VALUE label of the CPU data nodes (ray start --labels): read and decode there",
@@ -89,6 +90,9 @@ class BatchPredictConfig:
     data_node_resource: str | None = setting(
         None, "custom resource of the CPU data nodes, e.g. data_cpu: read and decode there", group="data"
     )
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     @property
     def placement(self) -> DataPlacement:

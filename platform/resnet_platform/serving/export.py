@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from resnet_platform.errors import UserError
 from resnet_platform.settings import setting
 
 from .onnx_runtime import (
@@ -46,7 +47,7 @@ RTOL = 1e-3
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A model the exporter refuses (unknown input size, no such alias, no images): one line."""
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from ray import serve
 
-from resnet_platform.settings import setting
+from resnet_platform.errors import ConfigError
+from resnet_platform.settings import check_ranges, setting
 from resnet_platform.tracking.inference import (
     InputLimits,
     InputRejected,
@@ -46,10 +47,10 @@ class ServeConfig:
         None, "default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db", group="model"
     )
     host: str = setting("127.0.0.1", "loopback unless you mean to expose it", group="http")
-    port: int = setting(8000, "HTTP port of Serve's proxy", group="http")
+    port: int = setting(8000, "HTTP port of Serve's proxy", group="http", at_least=0, at_most=65535)
     route_prefix: str = setting("/", "URL path the endpoint answers on", group="http")
     app_name: str = setting("resnet", "Serve application name", group="http")
-    min_replicas: int = setting(1, "replicas kept running", group="scaling")
+    min_replicas: int = setting(1, "replicas kept running", group="scaling", at_least=0)
     max_replicas: int = setting(
         1, "above min_replicas: Serve autoscales on ongoing requests per replica", group="scaling"
     )
@@ -57,21 +58,32 @@ class ServeConfig:
         8.0, "autoscaling target: ongoing requests per replica", group="scaling"
     )
     use_gpu: bool = setting(False, "one GPU per replica", group="scaling")
-    cpus_per_replica: float = setting(1.0, "CPUs reserved per replica", group="scaling")
+    cpus_per_replica: float = setting(1.0, "CPUs reserved per replica", group="scaling", at_least=0)
     max_batch_size: int = setting(
-        32, "images classified together across concurrent requests", group="batching"
+        32, "images classified together across concurrent requests", group="batching", at_least=1
     )
-    batch_wait_timeout_s: float = setting(0.01, "how long a batch waits to fill", group="batching")
+    batch_wait_timeout_s: float = setting(
+        0.01, "how long a batch waits to fill", group="batching", at_least=0
+    )
     top_k: int = setting(
-        5, "default k; a request may ask for fewer or more (up to the class count)", group="http"
+        5, "default k; a request may ask for fewer or more (up to the class count)", group="http", at_least=1
     )
-    max_rows: int = setting(64, "images per request", group="limits")
-    max_image_bytes: int = setting(10 * 2**20, "per image, decoded from base64", group="limits")
-    max_pixels: int = setting(50_000_000, "per image, checked before decoding it", group="limits")
+    max_rows: int = setting(64, "images per request", group="limits", at_least=1)
+    max_image_bytes: int = setting(10 * 2**20, "per image, decoded from base64", group="limits", at_least=1)
+    max_pixels: int = setting(50_000_000, "per image, checked before decoding it", group="limits", at_least=1)
     reload_on_alias_change: bool = setting(
         False, "poll the registry; swap to the new version when the alias moves", group="model"
     )
-    poll_interval_s: float = setting(30.0, "registry poll period with reload_on_alias_change", group="model")
+    poll_interval_s: float = setting(
+        30.0, "registry poll period with reload_on_alias_change", group="model", above=0
+    )
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.max_replicas < max(1, self.min_replicas):
+            raise ConfigError(
+                f"--max-replicas must be at least --min-replicas and 1, got {self.max_replicas}"
+            )
 
     @property
     def limits(self) -> InputLimits:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from resnet_platform.errors import UserError
 
-class ModelSourceError(ValueError):
+
+class ModelSourceError(UserError, ValueError):
     """A model source that cannot be used (no such alias, version, run or file): one line, naming it."""
 
 

@@ -16,6 +16,9 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from resnet_platform import _compat
+from resnet_platform.errors import UserError, one_line
+
 from .inference import LoadedModel, ModelSpec, load_from_files
 from .runs import client_for, resolve_tracking_uri
 
@@ -68,7 +71,10 @@ def decide_promotion(
 ) -> tuple[bool, str]:
     """Whether ``promote`` would move the alias, and why (lower ``metric`` is better)."""
     version = str(version)
-    client_for(tracking_uri).get_model_version(name, version)  # raises if it does not exist
+    try:
+        client_for(tracking_uri).get_model_version(name, version)
+    except MlflowException as err:
+        raise ModelNotFoundError(f"{name} version {version}: {one_line(err)}") from err
     current = alias_version(name, alias, tracking_uri)
     if current == version:
         return False, f"{name} version {version} already holds @{alias}"
@@ -109,29 +115,19 @@ def promote(
     return ok
 
 
+class ModelNotFoundError(UserError, LookupError):
+    """A ``models:/`` or ``runs:/`` URI the registry cannot resolve: no such model, version, alias or
+    run, or a registry that does not answer."""
+
+
 def resolve_model_artifact_uri(model_uri: str, tracking_uri: str | None = None) -> str:
     """The storage URI of a model's directory (``mlflow-artifacts:/...``, ``s3://...``, a path).
 
-    Resolved with an explicit client: MLflow 3.17's own ``models:/`` download looks the name up in
-    the *global* registry URI and ignores the one it is given.
-    """
-    client = client_for(tracking_uri)
-    for _ in range(5):  # models:/NAME@alias -> models:/m-ID -> storage
-        if model_uri.startswith("runs:/"):
-            run_id, _, path = model_uri[len("runs:/") :].partition("/")
-            return client.get_run(run_id).info.artifact_uri.rstrip("/") + ("/" + path if path else "")
-        if not model_uri.startswith("models:/"):
-            return model_uri
-        ref = model_uri[len("models:/") :].strip("/")
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            model_uri = client.get_model_version_by_alias(name, alias).source
-        elif "/" in ref:
-            name, version = ref.rsplit("/", 1)
-            model_uri = client.get_model_version(name, version).source
-        else:  # a logged model id (m-...)
-            model_uri = client.get_logged_model(ref).artifact_location
-    raise ValueError(f"could not resolve {model_uri!r}: too many indirections")
+    Raises :class:`ModelNotFoundError` naming the URI when the registry has no such model."""
+    try:
+        return _compat.model_artifact_uri(client_for(tracking_uri), model_uri)
+    except MlflowException as err:
+        raise ModelNotFoundError(f"{model_uri}: {one_line(err)}") from err
 
 
 def download_model(model_uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
@@ -177,7 +173,7 @@ def pin_version(model_uri: str, tracking_uri: str | None = None) -> str:
     name, alias = ref.split("@", 1)
     version = alias_version(name, alias, tracking_uri)
     if version is None:
-        raise ValueError(f"{model_uri}: no version holds @{alias} in the registry")
+        raise ModelNotFoundError(f"{model_uri}: no version holds @{alias} in the registry")
     return f"models:/{name}/{version}"
 
 

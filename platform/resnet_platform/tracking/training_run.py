@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resnet_platform.errors import UserError
+
 from .curves import plot_error_curves
 from .inference import ModelSpec
 from .limits import TrackingLimits, bounded_mlflow_http, is_outage
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 MODEL_METRICS = ("val_top1_error", "val_top5_error")  # the best model's, logged (and tagged) with it
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(UserError, RuntimeError):
     """The MLflow server cannot open the run: refused before any work, with the URI named."""
 
 
@@ -203,7 +205,7 @@ class TrainingRun:
         self.wait_for_server()
         model_uri = model_version = None
         with (
-            RunLogger(self.tracking_uri, self.run_id, limits=self.limits) as run,
+            RunLogger(self.tracking_uri, self.run_id, limits=self.limits, restarted=False) as run,
             tempfile.TemporaryDirectory() as tmp,
         ):
             # Epochs rank 0 could not deliver (MLflow was down when it closed) come from the
@@ -292,7 +294,7 @@ def log_results(
     files: Sequence[str | Path] = (),
 ) -> None:
     """Artifacts and metrics into an existing run (any state); NaN metrics are skipped."""
-    with RunLogger(tracking_uri, run_id) as run:
+    with RunLogger(tracking_uri, run_id, restarted=False) as run:
         for name, text in (texts or {}).items():
             run.log_text(text, name)
         for name, value in (dicts or {}).items():

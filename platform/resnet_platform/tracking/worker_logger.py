@@ -85,7 +85,12 @@ class RunLogger:
         flush_every: int = 200,
         flush_seconds: float = 15.0,
         limits: TrackingLimits | None = None,
+        restarted: bool = True,
     ):
+        # ``restarted``: this logger may follow an earlier incarnation of the worker group, so what
+        # the run already holds is worth a line; the driver's own logger after the fit passes False
+        # (the run holding every epoch is then the normal case, not news).
+        self._announce_history = restarted
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.run_id = run_id
         self.limits = limits or TrackingLimits()
@@ -125,7 +130,7 @@ class RunLogger:
         stored_step = max(steps) if steps else None
         # Steps at or before this were stored by an earlier incarnation of the worker group.
         self.resume_step = stored_step
-        if stored_epoch is not None or stored_step is not None:
+        if self._announce_history and (stored_epoch is not None or stored_step is not None):
             log.info(
                 "MLflow run %s already holds epoch %s, step %s: not logging them again",
                 self.run_id,

@@ -8,21 +8,20 @@ when the error plateaus"). Everything the workers need travels as this one datac
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_SKIPPED_FRACTION
-from resnet_platform.settings import setting
+from resnet_platform.data.transforms import AUGMENTATIONS, DECODE_MODES
+from resnet_platform.settings import check_ranges, setting
+from resnet_platform.storage import absolute
 from resnet_platform.tracking.limits import TrackingLimits
 
 from .presets import RECIPE_NAMES, recipe_defaults
 
 LR_SCHEDULES = ("step", "plateau", "cosine")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-AUGMENTATIONS = ("rrc", "scale", "none", "pad-crop")
 NORMALIZATIONS = ("imagenet", "cifar10")
-DECODE_MODES = ("cpu", "gpu")
 CHECKPOINT_UPLOAD_MODES = ("async", "sync")
 
 
@@ -87,7 +86,7 @@ class TrainConfig:
 
     # data
     data: str = setting("", "dataset root written by prepare_imagenet.py (path or s3://)", group="data")
-    image_size: int = setting(224, "crop size (smaller for small data sets)", group="data")
+    image_size: int = setting(224, "crop size (smaller for small data sets)", group="data", at_least=1)
     augmentation: str = setting(
         "rrc",
         "rrc: RandomResizedCrop+flip; scale: the paper's [256,480] scale augmentation; none: resize+center "
@@ -99,7 +98,7 @@ class TrainConfig:
         "imagenet", "mean/std applied on the device", group="data", choices=NORMALIZATIONS
     )
     ten_crop: bool = setting(False, "validate with the paper's 10-crop testing", group="data")
-    shuffle_buffer: int = setting(1024, "local shuffle buffer (rows)", group="data")
+    shuffle_buffer: int = setting(1024, "local shuffle buffer (rows)", group="data", at_least=0)
     data_node_label: str | None = setting(
         None,
         "label of the CPU data nodes (ray start --labels KEY=VALUE): reads and decodes run there, "
@@ -119,22 +118,26 @@ class TrainConfig:
         group="data",
         choices=DECODE_MODES,
     )
-    prefetch_batches: int = setting(2, "batches each worker has in flight ahead of the step", group="data")
+    prefetch_batches: int = setting(
+        2, "batches each worker has in flight ahead of the step", group="data", at_least=0
+    )
     # The data-wait watchdog (train/data_wait.py): past these, a worker fails with one line naming
     # what the cluster lacks. Minutes, not seconds: an autoscaler may be adding a data node.
     data_wait_s: float = setting(
         600.0,
         "seconds a worker waits for an epoch's first batch before the run fails naming what Ray lacks; 0: off",
         group="data",
+        at_least=0,
     )
     ingest_object_store_gib: float = setting(
         2.0,
         "object-store budget of each training-ingest stream (Ray Data's read-ahead), GiB; 0: Ray Data's "
         "default, half the object store",
         group="data",
+        at_least=0,
     )
     data_wait_between_s: float = setting(
-        300.0, "seconds a worker waits for each later batch of the epoch; 0: off", group="data"
+        300.0, "seconds a worker waits for each later batch of the epoch; 0: off", group="data", at_least=0
     )
     num_classes: int | None = setting(None, group="data", cli=False)  # from the dataset manifest
     # Training images per epoch (the manifest's count): how much of an epoch a mid-epoch resume has left.
@@ -161,26 +164,34 @@ class TrainConfig:
     stride: str = setting("v1.5", "bottleneck stride placement", group="model", choices=_strides)
     zero_init_residual: bool = setting(False, "zero the last BN of each residual branch", group="model")
     # optimisation (the paper's recipe)
-    epochs: int = setting(90, group="optimization")
+    epochs: int = setting(90, group="optimization", at_least=1)
     batch_size: int = setting(
-        256, "global batch, over all workers (elastic: at the maximum worker count)", group="optimization"
+        256,
+        "global batch, over all workers (elastic: at the maximum worker count)",
+        group="optimization",
+        at_least=1,
     )
-    lr: float | None = setting(None, "learning rate (default: 0.1 x batch-size / 256)", group="optimization")
-    momentum: float = setting(0.9, group="optimization")
-    weight_decay: float = setting(1e-4, group="optimization")
+    lr: float | None = setting(
+        None, "learning rate (default: 0.1 x batch-size / 256)", group="optimization", above=0
+    )
+    momentum: float = setting(0.9, group="optimization", at_least=0)
+    weight_decay: float = setting(1e-4, group="optimization", at_least=0)
     no_bn_weight_decay: bool = setting(False, "no weight decay on BN and biases", group="optimization")
-    label_smoothing: float = setting(0.0, group="optimization")
+    label_smoothing: float = setting(0.0, group="optimization", at_least=0, at_most=1)
     lr_schedule: str = setting("step", group="optimization", choices=LR_SCHEDULES)
-    lr_milestones: tuple[int, ...] = setting((30, 60), "step schedule epochs", group="optimization")
-    lr_gamma: float = setting(0.1, "factor at each decay", group="optimization")
-    plateau_patience: int = setting(5, group="optimization")
-    warmup_epochs: int = setting(0, "linear warmup (Goyal et al.)", group="optimization")
+    lr_milestones: tuple[int, ...] = setting(
+        (30, 60), "step schedule epochs", group="optimization", at_least=0
+    )
+    lr_gamma: float = setting(0.1, "factor at each decay", group="optimization", above=0)
+    plateau_patience: int = setting(5, group="optimization", at_least=0)
+    warmup_epochs: int = setting(0, "linear warmup (Goyal et al.)", group="optimization", at_least=0)
     # ResNet-110 on CIFAR (section 4.2): this lr until the training error falls below the threshold
     # (checked after every epoch), then the schedule's own rate. None: off.
     error_warmup_lr: float | None = setting(
         None,
         "ResNet-110's warm-up: this lr until the training error is below the threshold",
         group="optimization",
+        above=0,
     )
     error_warmup_threshold: float = setting(0.8, group="optimization")
     # execution
@@ -199,7 +210,7 @@ class TrainConfig:
     )
     use_gpu: bool = setting(False, "one GPU per worker", group="execution")
     cpus_per_worker: float = setting(
-        0.5, "CPUs reserved per training worker; the rest decode images", group="execution"
+        0.5, "CPUs reserved per training worker; the rest decode images", group="execution", above=0
     )
     amp: str = setting("auto", "auto: bf16 where supported, off on CPU", group="execution", choices=AMP_MODES)
     channels_last: bool = setting(True, "NCHW memory format instead of channels_last", group="execution")
@@ -212,7 +223,7 @@ class TrainConfig:
     storage: str = setting("runs", "where runs and checkpoints go (path or s3://)", group="checkpoints")
     name: str | None = setting(None, "run name (default: ARCH-TIMESTAMP)", group="checkpoints")
     resume: bool = setting(False, "continue the run --name at --storage", group="checkpoints")
-    max_failures: int = setting(0, "worker-group restarts allowed", group="checkpoints")
+    max_failures: int = setting(0, "worker-group restarts allowed", group="checkpoints", at_least=-1)
     max_preemptions: int = setting(
         -1,
         "restarts after node preemptions (spot reclaims, drains), counted apart from --max-failures; "
@@ -232,8 +243,8 @@ class TrainConfig:
         group="checkpoints",
         choices=CHECKPOINT_UPLOAD_MODES,
     )
-    checkpoint_every: int = setting(1, "epochs between checkpoints", group="checkpoints")
-    keep_checkpoints: int = setting(3, "best K kept by val error", group="checkpoints")
+    checkpoint_every: int = setting(1, "epochs between checkpoints", group="checkpoints", at_least=1)
+    keep_checkpoints: int = setting(3, "best K kept by val error", group="checkpoints", at_least=1)
     # tracking
     experiment: str = setting("resnet-imagenet", group="tracking")
     tracking_uri: str | None = setting(
@@ -241,19 +252,23 @@ class TrainConfig:
     )
     register_as: str | None = setting(None, "register the best model under this name", group="tracking")
     mlflow_run_id: str | None = setting(None, group="tracking", cli=False)  # set by the driver
-    log_every_steps: int = setting(10, "steps between rank 0's step metrics", group="tracking")
+    log_every_steps: int = setting(10, "steps between rank 0's step metrics", group="tracking", at_least=1)
     # In-epoch progress from rank 0 (train/progress.py): a bar on a terminal, else these lines.
     progress_every_s: float = setting(
         60.0,
         "output to a file: a progress line (step, img/s, ETA) every this many seconds; 0: none",
         group="tracking",
+        at_least=0,
     )
     progress_every_steps: int = setting(
-        0, "output to a file: also a progress line every this many steps; 0: none", group="tracking"
+        0,
+        "output to a file: also a progress line every this many steps; 0: none",
+        group="tracking",
+        at_least=0,
     )
     # MLflow calls from the driver and rank 0 have deadlines; an outage never stops training.
     mlflow_timeout_s: int = setting(
-        TrackingLimits.timeout_s, "seconds per MLflow request (one retry)", group="tracking"
+        TrackingLimits.timeout_s, "seconds per MLflow request (one retry)", group="tracking", at_least=1
     )
     mlflow_retry_interval_s: float = setting(
         TrackingLimits.retry_interval_s,
@@ -270,10 +285,14 @@ class TrainConfig:
     auto_augment: str = setting(
         "none", "per-image automatic augmentation after the crop", group="recipe", choices=_auto_augments
     )
-    random_erase: float = setting(0.0, "random erasing probability (filled with the mean)", group="recipe")
-    mixup_alpha: float = setting(0.0, "Mixup Beta(a, a) on the device per batch; 0: off", group="recipe")
+    random_erase: float = setting(
+        0.0, "random erasing probability (filled with the mean)", group="recipe", at_least=0, at_most=1
+    )
+    mixup_alpha: float = setting(
+        0.0, "Mixup Beta(a, a) on the device per batch; 0: off", group="recipe", at_least=0
+    )
     cutmix_alpha: float = setting(
-        0.0, "CutMix Beta(a, a); with Mixup, one of the two per batch", group="recipe"
+        0.0, "CutMix Beta(a, a); with Mixup, one of the two per batch", group="recipe", at_least=0
     )
     ema: bool = setting(
         False, "--ema/--no-ema: an EMA of the weights, validated and checkpointed beside them", group="recipe"
@@ -281,31 +300,37 @@ class TrainConfig:
     ema_decay: float = setting(
         0.99998, "torchvision's --model-ema-decay, rescaled by batch x ema-steps / epochs", group="recipe"
     )
-    ema_steps: int = setting(32, "optimizer steps between EMA updates", group="recipe")
+    ema_steps: int = setting(32, "optimizer steps between EMA updates", group="recipe", at_least=1)
     register_ema: bool = setting(
         False,
         "--register-ema/--no-register-ema: with --ema, rank checkpoints by, log and register the EMA",
         group="recipe",
     )
     grad_accum_steps: int = setting(
-        1, "micro-batches per optimizer step: the global batch on fewer or smaller GPUs", group="recipe"
+        1,
+        "micro-batches per optimizer step: the global batch on fewer or smaller GPUs",
+        group="recipe",
+        at_least=1,
     )
     warmup_start_factor: float | None = setting(
         None, "linear warmup from this fraction of the lr; unset: (epoch+1)/(warmup+1)", group="recipe"
     )
-    val_image_size: int | None = setting(None, "evaluation crop; unset: --image-size", group="recipe")
+    val_image_size: int | None = setting(
+        None, "evaluation crop; unset: --image-size", group="recipe", at_least=1
+    )
     val_resize_size: int | None = setting(
-        None, "evaluation shorter-side resize; unset: 256/224 of the eval crop", group="recipe"
+        None, "evaluation shorter-side resize; unset: 256/224 of the eval crop", group="recipe", at_least=1
     )
     progressive_min_size: int | None = setting(
         None,
         "progressive resizing: the train crop grows from this to --image-size; unset: off",
         group="recipe",
+        at_least=1,
     )
     progressive_ramp: tuple[float, ...] = setting(
         (0.7, 0.83), "progressive resizing ramp: start,end as fractions of the epochs", group="recipe"
     )
-    progressive_step: int = setting(32, "progressive sizes are multiples of this", group="recipe")
+    progressive_step: int = setting(32, "progressive sizes are multiples of this", group="recipe", at_least=1)
     # fine-tuning (train/init_from.py, models/freeze.py)
     init_from: str | None = setting(
         None,
@@ -319,13 +344,14 @@ class TrainConfig:
         None, "parts that stay as loaded: e.g. stem,layer1,layer2 or all-but-head", group="finetune"
     )
     head_lr_factor: float = setting(
-        1.0, "the classifier's learning rate, as a multiple of --lr", group="finetune"
+        1.0, "the classifier's learning rate, as a multiple of --lr", group="finetune", above=0
     )
     fault: FaultInjection | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         from resnet_platform.models import get_spec
 
+        check_ranges(self)  # each setting's declared range: --batch-size 0 stops here, on the driver
         get_spec(self.arch)  # unknown names fail here, on the driver, listing the valid ones
         for name, value, valid in (
             ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
@@ -423,9 +449,7 @@ class TrainConfig:
 
     def storage_uri(self) -> str:
         """Local storage paths become absolute: Ray workers run in other directories."""
-        if "://" in self.storage:
-            return self.storage
-        return os.path.abspath(self.storage)
+        return absolute(self.storage)
 
     def tracking_limits(self) -> TrackingLimits:
         return dataclasses.replace(

@@ -25,6 +25,8 @@ from resnet_platform.console import ensure_ray, is_verbose
 from resnet_platform.data.checks import check_prepared_data, check_splits, find_data_error
 from resnet_platform.data.manifest import Manifest, read_manifest
 from resnet_platform.data.skip_ledger import close_ledgers
+from resnet_platform.errors import UserError
+from resnet_platform.stopping import raise_if_stopped
 
 from . import init_from
 from .checkpoint import load_checkpoint
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 
 
-class RunExistsError(ValueError):
+class RunExistsError(UserError, ValueError):
     pass
 
 
@@ -157,13 +159,21 @@ def prepare_config(config: TrainConfig, manifest: Manifest) -> TrainConfig:
 
 
 def check_run_name(config: TrainConfig) -> None:
-    fs, path = storage.resolve(config.storage)
-    exists = run_exists(fs, path, config.name)
-    where = f"{config.storage.rstrip('/')}/{config.name}"
-    if exists and not config.resume:
-        raise RunExistsError(f"run {where} already exists: pass --resume to continue it, or another --name")
-    if config.resume and not exists:
-        raise RunExistsError(f"--resume: no run at {where} to continue")
+    check_name_and_resume(config.storage, config.name, config.resume, RunExistsError, kind="run")
+
+
+def check_name_and_resume(
+    storage_uri: str, name: str, resume: bool, error: type[Exception], *, kind: str
+) -> None:
+    """The one rule of ``--name`` and ``--resume`` (training runs and sweeps): a new ``kind`` needs a
+    name not taken at ``storage_uri``, ``--resume`` one that is; ``error`` says which was wrong."""
+    fs, path = storage.resolve(storage_uri)
+    exists = run_exists(fs, path, name)
+    where = storage.join(storage_uri, name)
+    if exists and not resume:
+        raise error(f"{kind} {where} already exists: pass --resume to continue it, or another --name")
+    if resume and not exists:
+        raise error(f"--resume: no {kind} at {where} to continue")
 
 
 def run_training(
@@ -209,6 +219,7 @@ def run_training(
             close_ledgers(config.run_uri, SPLITS)
         with _compat.sigint_handler_restored():
             result = trainer.fit()
+        raise_if_stopped()  # SIGTERM taken by Ray Train's own abort: the run is killed, not finished
     except BaseException as err:
         close_ledgers(config.run_uri, SPLITS)
         if tracker is not None:  # bounded, and never raises over ``err``

@@ -136,7 +136,7 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     write access, and that the sweep exists exactly when ``--resume`` says it does."""
     from resnet_platform.data.checks import check_prepared_data
     from resnet_platform.data.manifest import read_manifest
-    from resnet_platform.train.runner import run_exists
+    from resnet_platform.train.runner import check_name_and_resume
 
     config.validate()
     base = config.base
@@ -150,13 +150,7 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     name = config.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     fs, root = storage.resolve(base.storage)
     sweep_uri = storage.join(base.storage, name)
-    exists = run_exists(fs, root, name)
-    if exists and not config.resume:
-        raise SweepExistsError(
-            f"sweep {sweep_uri} already exists: pass --resume to continue it, or another --name"
-        )
-    if config.resume and not exists:
-        raise SweepExistsError(f"--resume: no sweep at {sweep_uri} to continue")
+    check_name_and_resume(base.storage, name, config.resume, SweepExistsError, kind="sweep")
     return SweepPlan(base, manifest, name, fs, sweep_uri, f"{root.rstrip('/')}/{name}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from resnet_platform.errors import UserError
 from resnet_platform.train.config import TrainConfig
 
 from .results import TrialRow
@@ -18,7 +19,7 @@ RESULTS_CSV = "sweep_results.csv"
 PLOT_PNG = "val_error_vs_lr.png"
 
 
-class SweepExistsError(ValueError):
+class SweepExistsError(UserError, ValueError):
     pass
 
 

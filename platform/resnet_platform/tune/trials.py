@@ -39,13 +39,24 @@ def trainable(fn: Callable[..., None], **fixed: Any):
 
 
 def run_config(
-    name: str, storage_uri: str, *, max_failures: int = 0, verbose: int = 1, callbacks: Sequence[Any] = ()
+    name: str,
+    storage_uri: str,
+    *,
+    max_failures: int = 0,
+    verbose: int | None = None,
+    callbacks: Sequence[Any] = (),
 ):
     """Tune's RunConfig: the experiment ``name`` under ``storage_uri`` (path or s3://); a failed
     trial is retried ``max_failures`` times (default none: its Ray Train run has its own
     ``max_failures``). ``verbose``: Tune's own output (1: its status tables and a box per trial; 0:
-    neither, though Ray 2.60 still prints the experiment's configuration box at the start); ``callbacks``: Tune callbacks (:func:`trial_lines`)."""
+    none, with ``_compat.quiet_tune_output``); default: 1 only with the job's ``--verbose``.
+    ``callbacks``: Tune callbacks (:func:`trial_lines`)."""
     from ray import tune
+
+    from resnet_platform.console import is_verbose
+
+    if verbose is None:
+        verbose = 1 if is_verbose() else 0
 
     fs, root = storage.resolve(storage_uri)
     return tune.RunConfig(
