@@ -82,7 +82,7 @@ def main() -> None:
     import torch
 
     from resnet_platform.serving.batch import TopKPredictor
-    from resnet_platform.serving.onnx_runtime import OnnxTopKPredictor
+    from resnet_platform.serving.batch import OnnxTopKPredictor
 
     print(f"torch {torch.__version__}, cpus {os.cpu_count()}, batch {args.batch_size}")
     with tempfile.TemporaryDirectory() as tmp:

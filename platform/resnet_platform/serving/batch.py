@@ -282,6 +282,40 @@ class TopKPredictor:
 # --------------------------------------------------------------------------------------------- output
 
 
+class OnnxTopKPredictor(TopKPredictor):
+    """``jobs/batch_predict.py --runtime onnx``'s model actor: the version's export (downloaded once
+    per actor) in ONNX Runtime, the output rows of the torch actor (:class:`TopKPredictor`)."""
+
+    def __init__(self, model_uri: str, tracking_uri: str, top_k: int, threads: int | None = None):
+        import tempfile
+
+        from .export import locate_export
+        from .onnx_runtime import OnnxClassifier
+
+        self._tmp = tempfile.TemporaryDirectory()
+        self.classifier = OnnxClassifier(locate_export(model_uri, tracking_uri, self._tmp.name), threads)
+        self.labels = self.classifier.labels
+        self.k = min(top_k, len(self.labels))
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return self.classifier.probabilities(images)
+
+
+def check_export(model_uri: str, tracking_uri: str, use_gpu: bool) -> None:
+    """On the driver: the model has an export this runtime can run (else one line, no actor started)."""
+    import tempfile
+
+    from .export import ExportError, locate_export
+
+    if use_gpu:
+        raise BatchPredictError("--runtime onnx runs on the CPU: drop --use-gpu, or use --runtime torch")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            locate_export(model_uri, tracking_uri, tmp)
+        except ExportError as e:
+            raise BatchPredictError(str(e)) from None
+
+
 def _prepare_output(uri: str, overwrite: bool) -> tuple[pafs.FileSystem, str]:
     fs, path = _root_path(uri)
     info = fs.get_file_info(path)
@@ -374,8 +408,6 @@ def batch_predict(config: BatchPredictConfig) -> BatchPredictSummary:
     )
     predictor, kwargs = TopKPredictor, {"use_gpu": config.use_gpu}
     if config.runtime == "onnx":  # the export, found (or refused in one line) before any actor starts
-        from .onnx_runtime import OnnxTopKPredictor, check_export
-
         predictor, kwargs = OnnxTopKPredictor, {"threads": max(1, int(config.cpus_per_actor))}
         check_export(model_uri, tracking_uri, config.use_gpu)
     ds = ds.map_batches(

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import TopKPredictor
-
 MODEL_FILE = "model.onnx"
 PROGRAM_FILE = "model.pt2"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -68,43 +66,7 @@ class OnnxClassifier:
         return z / z.sum(axis=1, keepdims=True)
 
 
-class OnnxTopKPredictor(TopKPredictor):
-    """``jobs/batch_predict.py --runtime onnx``'s model actor: the version's export (downloaded once
-    per actor) in ONNX Runtime, the output rows of the torch actor (``serving/batch.TopKPredictor``)."""
-
-    def __init__(self, model_uri: str, tracking_uri: str, top_k: int, threads: int | None = None):
-        import tempfile
-
-        from .export import locate_export
-
-        self._tmp = tempfile.TemporaryDirectory()
-        self.classifier = OnnxClassifier(locate_export(model_uri, tracking_uri, self._tmp.name), threads)
-        self.labels = self.classifier.labels
-        self.k = min(top_k, len(self.labels))
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        return self.classifier.probabilities(images)
-
-
-def check_export(model_uri: str, tracking_uri: str, use_gpu: bool) -> None:
-    """On the driver: the model has an export this runtime can run (else one line, no actor started)."""
-    import tempfile
-
-    from .batch import BatchPredictError
-    from .export import ExportError, locate_export
-
-    if use_gpu:
-        raise BatchPredictError("--runtime onnx runs on the CPU: drop --use-gpu, or use --runtime torch")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            locate_export(model_uri, tracking_uri, tmp)
-        except ExportError as e:
-            raise BatchPredictError(str(e)) from None
-
-
 __all__ = [
-    "OnnxTopKPredictor",
-    "check_export",
     "EXPORT_ARTIFACT_DIR",
     "EXPORT_FILES",
     "MODEL_FILE",
