@@ -70,13 +70,16 @@ def test_finetuned_beats_scratch(parent, digits_shards, ray_local, tmp_path, see
     error after 2 epochs. Seed 0's run is tracked and registered: it and its version name the parent."""
     tracked = seed == 0
     child = f"{parent.name}-ft"
+    # A fine-tuning rate for both runs (only the initial weights differ): at the parent's 0.1 the digits
+    # are easy enough that 2 epochs from scratch caught up (5.8% against 19.5%, seed 0).
+    recipe = dict(seed=seed, lr=0.02)
     tuned = train_and_track(
-        _two_epochs(digits_shards, tmp_path, name="ft", seed=seed, init_from=f"models:/{parent.name}@base",
+        _two_epochs(digits_shards, tmp_path, name="ft", **recipe, init_from=f"models:/{parent.name}@base",
                     tracking_uri=parent.tracking_uri, experiment="finetune-tests",
                     register_as=child if tracked else None),
         track=tracked,
     )  # fmt: skip
-    scratch = run_training(_two_epochs(digits_shards, tmp_path, name="scratch", seed=seed))
+    scratch = run_training(_two_epochs(digits_shards, tmp_path, name="scratch", **recipe))
     errors = (tuned.history[-1]["val_top1_error"], scratch.history[-1]["val_top1_error"])
     assert errors[0] < errors[1], errors
     # Optimizer state and the epoch counter start fresh: 2 epochs of this run, not 3 + 2.
