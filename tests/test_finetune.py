@@ -102,7 +102,7 @@ def test_freeze_all_but_head_trains_only_the_head(parent, digits_shards, ray_loc
     parent_dir = sorted(Path(parent.outcome.run_path).glob("checkpoint_epoch_*"))[-1]  # a checkpoint source
     tuned = run_training(
         _two_epochs(digits_shards, tmp_path, name="frozen", epochs=1, init_from=str(parent_dir),
-                    freeze="all-but-head", head_lr_factor=10.0)
+                    freeze="all-but-head", lr=0.02, head_lr_factor=5.0)
     )  # fmt: skip
     before = load_checkpoint(parent_dir)["model"]
     after = load_checkpoint(sorted(Path(tuned.run_path).glob("checkpoint_epoch_*"))[-1])["model"]
