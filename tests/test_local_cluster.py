@@ -356,6 +356,7 @@ def test_local_cluster_start_run_stop(local_cluster, tmp_path, digits_folder):
     # (stop-cluster.sh, and that it leaves nothing behind: the fixture, when the module is done)
 
 
+@pytest.mark.slow
 def test_resource_mode_alone_trains_with_reads_on_the_data_node(local_cluster, digits_folder):
     """--data-node-resource without a label (the issue's starved run): the training workers may not
     take the data node's CPU, so the reads run there and the run trains; Ray's state API says where."""
