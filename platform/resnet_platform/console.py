@@ -22,7 +22,7 @@ import os
 import re
 import sys
 
-from resnet_platform.stopping import install_stop_handlers
+from resnet_platform.stopping import install_stop_handlers, stop_signal
 
 VERBOSE_ENV = "RESNET_PLATFORM_VERBOSE"
 PLATFORM_LOGGER = "resnet_platform"
@@ -41,6 +41,7 @@ FRAMEWORK_NOISE = (
     # to the device); a Python warning printed once per worker, with its source line below it
     "UserWarning: The given NumPy array is not writable",
 )
+TUNE_STOP_NOTES = ("Stop signal received", "Experiment has been interrupted")
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\):|\s+\S.*|[A-Za-z_][\w.]*: .*")
 # Libraries that log INFO lines on their own handlers (they do not propagate to the root logger).
 CHATTY_LOGGERS = ("mlflow", "ray")
@@ -151,10 +152,26 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
     if not verbose:
         _compat.quiet_ray_data_console()
         _compat.filter_worker_log_lines(without_framework_noise)
+        for handler in logging.getLogger("ray").handlers:
+            if not any(isinstance(f, _NoTuneStopNotes) for f in handler.filters):
+                handler.addFilter(_NoTuneStopNotes())
+
+
+class _NoTuneStopNotes(logging.Filter):
+    """Tune's warnings when a sweep is stopped ("Stop signal received", "Experiment has been
+    interrupted ... Resume experiment with: Tuner.restore(...)"): the sweep says it was interrupted
+    and how to continue (--resume) itself. The interrupt watch (_compat) sees them on its own handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("ray.tune") and str(record.msg).startswith(TUNE_STOP_NOTES))
 
 
 def without_framework_noise(lines: list[str]) -> list[str]:
-    """``lines`` less those naming :data:`FRAMEWORK_NOISE` and the traceback below each."""
+    """``lines`` less those naming :data:`FRAMEWORK_NOISE` and the traceback below each; nothing once
+    a stop signal reached the job (its workers' errors and native dumps as they are torn down are
+    the stop's doing, not faults: the job's own line says it was stopped)."""
+    if stop_signal() is not None:
+        return []
     kept: list[str] = []
     dropping = False
     for line in lines:
