@@ -123,7 +123,8 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
 
     from resnet_platform import _compat
 
-    if ray.is_initialized():
+    if ray.is_initialized():  # started here before (or by a library's ray.init()): the driver's rules
+        _driver_output_rules(is_verbose())
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     verbose = is_verbose()
@@ -148,6 +149,13 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
                 raise
             kwargs.pop("runtime_env")
             ray.init(address=address, **kwargs)
+    _driver_output_rules(verbose)
+
+
+def _driver_output_rules(verbose: bool) -> None:
+    """In the driver, once connected: the job's stop handlers and, unless verbose, its filters."""
+    from resnet_platform import _compat
+
     install_stop_handlers()  # after ray.init: its native SIGTERM handler would print a stack dump
     if not verbose:
         _compat.quiet_ray_data_console()
