@@ -20,6 +20,7 @@ import sys
 
 import _bootstrap  # noqa: F401  (puts platform/ on sys.path in a bare checkout)
 
+from resnet_platform.console import ensure_ray
 from resnet_platform.errors import ConfigError
 from resnet_platform.jobrunner import run_job
 from resnet_platform.paper.recipe import CIFAR_RECIPE, PAPER_ITERATIONS, PAPER_MILESTONES, train_cifar
@@ -82,6 +83,7 @@ def check(args: argparse.Namespace) -> dict:
 
 
 def train(args: argparse.Namespace, values: dict) -> None:
+    ensure_ray()  # before the archive becomes Ray Data datasets, which would start Ray without the job's rules
     run = train_cifar(
         args.data,
         val_split=args.val_split,

@@ -112,3 +112,13 @@ def test_framework_noise_is_dropped_with_its_traceback_and_nothing_else():
         "Traceback (most recent call last):",  # not after noise: kept
     ]
     assert without_framework_noise(lines) == [lines[1], lines[7], lines[8]]
+
+
+def test_after_a_stop_signal_no_worker_line_is_printed(monkeypatch):
+    """Workers torn down by a stop print errors and native dumps that are the stop's, not faults."""
+    from resnet_platform import stopping
+    from resnet_platform.console import without_framework_noise
+
+    assert without_framework_noise(["epoch 1/2"]) == ["epoch 1/2"]
+    monkeypatch.setattr(stopping, "_received", [15])
+    assert without_framework_noise(["*** SIGTERM received at time=1 on cpu 0 ***", "epoch 2/2"]) == []

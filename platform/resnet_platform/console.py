@@ -22,7 +22,7 @@ import os
 import re
 import sys
 
-from resnet_platform.stopping import install_stop_handlers
+from resnet_platform.stopping import install_stop_handlers, stop_signal
 
 VERBOSE_ENV = "RESNET_PLATFORM_VERBOSE"
 # Whether the job's own stderr is a terminal: Ray workers have none, so the driver tells them.
@@ -43,6 +43,7 @@ FRAMEWORK_NOISE = (
     # to the device); a Python warning printed once per worker, with its source line below it
     "UserWarning: The given NumPy array is not writable",
 )
+TUNE_STOP_NOTES = ("Stop signal received", "Experiment has been interrupted")
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\):|\s+\S.*|[A-Za-z_][\w.]*: .*")
 # Libraries that log INFO lines on their own handlers (they do not propagate to the root logger).
 CHATTY_LOGGERS = ("mlflow", "ray")
@@ -137,7 +138,8 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
 
     from resnet_platform import _compat
 
-    if ray.is_initialized():
+    if ray.is_initialized():  # started here before (or by a library's ray.init()): the driver's rules
+        _driver_output_rules(is_verbose())
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     verbose = is_verbose()
@@ -162,14 +164,37 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> None:
                 raise
             kwargs.pop("runtime_env")
             ray.init(address=address, **kwargs)
+    _driver_output_rules(verbose)
+
+
+def _driver_output_rules(verbose: bool) -> None:
+    """In the driver, once connected: the job's stop handlers and, unless verbose, its filters."""
+    from resnet_platform import _compat
+
     install_stop_handlers()  # after ray.init: its native SIGTERM handler would print a stack dump
     if not verbose:
         _compat.quiet_ray_data_console()
         _compat.filter_worker_log_lines(without_framework_noise)
+        for handler in logging.getLogger("ray").handlers:
+            if not any(isinstance(f, _NoTuneStopNotes) for f in handler.filters):
+                handler.addFilter(_NoTuneStopNotes())
+
+
+class _NoTuneStopNotes(logging.Filter):
+    """Tune's warnings when a sweep is stopped ("Stop signal received", "Experiment has been
+    interrupted ... Resume experiment with: Tuner.restore(...)"): the sweep says it was interrupted
+    and how to continue (--resume) itself. The interrupt watch (_compat) sees them on its own handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("ray.tune") and str(record.msg).startswith(TUNE_STOP_NOTES))
 
 
 def without_framework_noise(lines: list[str]) -> list[str]:
-    """``lines`` less those naming :data:`FRAMEWORK_NOISE` and the traceback below each."""
+    """``lines`` less those naming :data:`FRAMEWORK_NOISE` and the traceback below each; nothing once
+    a stop signal reached the job (its workers' errors and native dumps as they are torn down are
+    the stop's doing, not faults: the job's own line says it was stopped)."""
+    if stop_signal() is not None:
+        return []
     kept: list[str] = []
     dropping = False
     for line in lines:
