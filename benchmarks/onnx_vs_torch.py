@@ -81,8 +81,7 @@ def main() -> None:
 
     import torch
 
-    from resnet_platform.serving.batch import TopKPredictor
-    from resnet_platform.serving.batch import OnnxTopKPredictor
+    from resnet_platform.serving.batch import OnnxTopKPredictor, TopKPredictor
 
     print(f"torch {torch.__version__}, cpus {os.cpu_count()}, batch {args.batch_size}")
     with tempfile.TemporaryDirectory() as tmp:
