@@ -278,8 +278,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     first_trial = first.data.tags["sweep.trial_id"]
 
     resumed = subprocess.run(
-        # --verbose: Tune's "trial ... started" lines, checked below, are INFO.
-        _sweep_cmd(digits_shards, tmp_path, mlflow_server.uri, "--resume", "--verbose"),
+        _sweep_cmd(digits_shards, tmp_path, mlflow_server.uri, "--resume"),
         env=env,
         capture_output=True,
         text=True,
@@ -294,12 +293,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     for kid in kids:
         epochs = [m.value for m in client.get_metric_history(kid.info.run_id, "epoch")]
         assert epochs == [1.0, 2.0], (kid.data.tags["sweep.trial_id"], epochs)
-    # The finished trial was not rerun: the resumed sweep started only the other trial, and the
-    # finished one's Tune results were not repeated.
-    started = resumed.stdout + resumed.stderr
-    assert f"train_trial_{first_trial} started" not in started
-    other = next(k.data.tags["sweep.trial_id"] for k in kids if k.info.run_id != first.info.run_id)
-    assert f"train_trial_{other} started" in started, started[-3000:]
+    # The finished trial was not rerun: its Tune results were not repeated (a rerun appends its
+    # epochs again), and its MLflow run holds each epoch once (above). (Tune's own "trial ... started"
+    # lines are not read: a restored experiment keeps the first run's output settings, silent here.)
     results = list((tmp_path / "interrupted").glob(f"*{first_trial}*/result.json"))
     assert len(results) == 1 and len(results[0].read_text().splitlines()) == 2
     parents = [r for r in children() if r.data.tags.get("sweep.role") == "sweep"]
