@@ -37,8 +37,9 @@ import torch
 from resnet_platform.data import augment
 from resnet_platform.data.batched_resize import crop_resize_batch
 from resnet_platform.data.nvimgcodec_adapter import DecodeCounts, region_decoder
-from resnet_platform.data.pipeline import TransformConfig, draw_crop_for
+from resnet_platform.data.pipeline import draw_crop_for
 from resnet_platform.data.skip_ledger import record_skips
+from resnet_platform.data.transform_config import TransformConfig
 
 log = logging.getLogger(__name__)
 

@@ -116,5 +116,23 @@ def read_manifest(uri: str) -> Manifest:
     return Manifest.from_dict(json.loads(text))
 
 
+@dataclass(frozen=True)
+class PreparedData:
+    """A prepared data set, opened once: its URI, filesystem and root path, and its manifest. A run
+    opens it on the driver and hands it down (checks, both splits' datasets), so the manifest is
+    read once and the URI resolved once."""
+
+    uri: str
+    fs: pafs.FileSystem
+    root: str
+    manifest: Manifest
+
+    @classmethod
+    def open(cls, uri: str) -> PreparedData:
+        """Resolve ``uri`` and read its manifest (:class:`DatasetNotReadyError` when there is none)."""
+        fs, root = resolve(uri)
+        return cls(uri, fs, root, read_manifest(uri))
+
+
 def write_manifest(uri: str, manifest: Manifest) -> None:
     write_text_atomic(join(uri, MANIFEST_NAME), manifest.to_json())

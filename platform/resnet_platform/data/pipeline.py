@@ -15,15 +15,15 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from dataclasses import dataclass
 
 import numpy as np
 
-from resnet_platform.data import augment, transforms
+from resnet_platform.data import transforms
 from resnet_platform.data.checks import DEFAULT_MAX_IMAGE_PIXELS
-from resnet_platform.data.manifest import Manifest, read_manifest
+from resnet_platform.data.manifest import Manifest, PreparedData
 from resnet_platform.data.placement import DataPlacement
 from resnet_platform.data.skip_ledger import ledger_name, record_skips, skipped_images
+from resnet_platform.data.transform_config import TransformConfig
 from resnet_platform.data.transforms import (  # noqa: F401 (re-exported)
     AUGMENTATIONS,
     DECODE_MODES,
@@ -34,49 +34,7 @@ from resnet_platform.data.transforms import (  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TransformConfig:
-    image_size: int = 224
-    resize_size: int | None = None  # eval resize of the shorter side; default round(image_size * 256 / 224)
-    augmentation: str = "rrc"  # "rrc": RandomResizedCrop + flip; "scale": the paper's; "none": eval transform
-    # "pad-crop": CIFAR's (section 4.2): the whole image at image_size, zero-padded by 4, a random
-    # image_size crop and a flip; evaluation then uses the whole image, uncropped
-    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
-    ten_crop: bool = False  # eval only: rows become (10, H, W, 3)
-    # Training only, after the crop (``data/augment.py``): "ta_wide", "randaugment" or "none";
-    # random erasing with this probability, the box filled with ``erase_fill`` (the mean in uint8).
-    auto_augment: str = "none"
-    random_erase: float = 0.0
-    erase_fill: tuple[int, ...] = (124, 116, 104)
-
-    def __post_init__(self) -> None:
-        if self.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, not {self.augmentation!r}")
-        if self.auto_augment not in augment.AUTO_AUGMENTS:
-            raise ValueError(
-                f"auto_augment must be one of {augment.AUTO_AUGMENTS}, not {self.auto_augment!r}"
-            )
-
-    @property
-    def eval_resize(self) -> int:
-        return self.resize_size or transforms.eval_resize_of(self.image_size)
-
-    def augment(self, image, rng: np.random.Generator):
-        """Training augmentations after the crop (uint8 CHW tensor, any device): ``data/augment.py``."""
-        return augment.augment_image(
-            image,
-            rng,
-            auto_augment=self.auto_augment,
-            random_erase=self.random_erase,
-            erase_fill=self.erase_fill,
-        )
-
-    @property
-    def scale_range(self) -> tuple[int, int]:
-        """The paper's scale augmentation: shorter side in [256, 480], scaled to the crop size."""
-        return round(256 * self.image_size / 224), round(480 * self.image_size / 224)
+DECODE_BATCH_ROWS = 64  # images per decode task call: small enough to stream, large enough to amortize
 
 
 def label_names(manifest: Manifest) -> list[str]:
@@ -170,22 +128,22 @@ def _decode_batch(
 
 
 def build_split_dataset(
-    uri: str,
+    data: str | PreparedData,
     split: str,
     *,
     train: bool,
     transform: TransformConfig,
     seed: int | None = None,
     include_key: bool = False,
-    batch_size: int = 64,
-    num_cpus: float | None = None,
-    concurrency: int | None = None,
     placement: DataPlacement | None = None,
     decode: str = "cpu",
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     run: str | None = None,
 ):
     """A streaming Ray Dataset of one prepared split: rows ``{"image": uint8 HWC, "label": int64}``.
+
+    ``data``: the prepared data set, opened once by the caller (:class:`PreparedData`: a run reads its
+    manifest once for its checks and both splits), or its URI, opened here.
 
     ``train=True``: shard files and blocks are reshuffled on every execution (epoch); with ``seed``
     the sequence of orders is reproducible. ``train=False``: deterministic order. ``include_key``
@@ -201,7 +159,8 @@ def build_split_dataset(
 
     from resnet_platform.data.shard_reader import read_verified_shards
 
-    manifest = read_manifest(uri)
+    data = data if isinstance(data, PreparedData) else PreparedData.open(data)
+    uri, manifest = data.uri, data.manifest
     if split not in manifest.splits:
         raise KeyError(f"{uri}: no split {split!r} (has {sorted(manifest.splits)})")
     if transform.ten_crop and train:
@@ -227,11 +186,6 @@ def build_split_dataset(
     # No randomize_block_order(): in Ray 2.60 it is an all-to-all barrier that holds every read block
     # before the first decode. One read task per shard in a file order reshuffled every execution
     # gives the same new block order per epoch while streaming.
-    kwargs = dict(task_args)
-    if num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
-    if concurrency is not None:
-        kwargs["concurrency"] = concurrency
     if decode == "cpu":
         fn = functools.partial(
             _decode_batch,
@@ -240,7 +194,9 @@ def build_split_dataset(
             include_key=include_key,
             skips_name=skips,
         )
-        ds = ds.map_batches(fn, batch_size=batch_size, batch_format="numpy", zero_copy_batch=True, **kwargs)
+        ds = ds.map_batches(
+            fn, batch_size=DECODE_BATCH_ROWS, batch_format="numpy", zero_copy_batch=True, **task_args
+        )
     if not train:
         ds.context.execution_options.preserve_order = True
     return ds

@@ -23,7 +23,7 @@ from ray.train.torch import TorchTrainer
 from resnet_platform import _compat, storage
 from resnet_platform.console import ensure_ray, is_verbose
 from resnet_platform.data.checks import check_prepared_data, check_splits, find_data_error
-from resnet_platform.data.manifest import Manifest, read_manifest
+from resnet_platform.data.manifest import Manifest, PreparedData
 from resnet_platform.data.skip_ledger import close_ledgers
 from resnet_platform.errors import UserError
 from resnet_platform.stopping import raise_if_stopped
@@ -72,10 +72,10 @@ def run_exists(fs: pafs.FileSystem, path: str, name: str) -> bool:
     return fs.get_file_info(f"{path.rstrip('/')}/{name}").type != pafs.FileType.NotFound
 
 
-def build_datasets(config: TrainConfig) -> dict[str, ray.data.Dataset]:
+def build_datasets(config: TrainConfig, data: PreparedData | None = None) -> dict[str, ray.data.Dataset]:
     """Train and val streams, read and decoded where ``config.placement`` says. Deterministic runs
     read the training split in stored order: Ray Data reseeds its shuffles per execution, which a
-    resumed run would restart from."""
+    resumed run would restart from. ``data``: ``config.data`` already opened (else opened here)."""
     from resnet_platform.data.pipeline import build_split_dataset
 
     common = {
@@ -85,13 +85,14 @@ def build_datasets(config: TrainConfig) -> dict[str, ray.data.Dataset]:
         "decode": config.decode,
         "max_image_pixels": config.max_image_pixels,
     }
+    data = data or PreparedData.open(config.data)
     return {
         "train": build_split_dataset(
-            config.data, "train", train=not config.deterministic,
+            data, "train", train=not config.deterministic,
             transform=transform_config_of(config, train=True), **common,
         ),
         "val": build_split_dataset(
-            config.data, "val", train=False, transform=transform_config_of(config, train=False), **common
+            data, "val", train=False, transform=transform_config_of(config, train=False), **common
         ),
     }  # fmt: skip
 
@@ -194,8 +195,10 @@ def run_training(
         raise ValueError("pass datasets and manifest together")
     if datasets is None and storage.is_s3(config.data):
         storage.check_reachable(config.data)  # one line within the S3 deadline, not a pyarrow stall
+    prepared = None
     if manifest is None:
-        manifest = read_manifest(config.data)
+        prepared = PreparedData.open(config.data)  # the manifest read once for the checks and both splits
+        manifest = prepared.manifest
         check_prepared_data(config.data, manifest)  # splits not empty, labels inside the class count
     else:
         check_splits(config.data, manifest)
@@ -213,7 +216,9 @@ def run_training(
             if origin is not None:
                 tracker.record_origin(origin)
         trainer = build_trainer(
-            config, datasets if datasets is not None else build_datasets(config), callbacks=callbacks
+            config,
+            datasets if datasets is not None else build_datasets(config, prepared),
+            callbacks=callbacks,
         )
         if not config.resume:  # a ledger left by an earlier run of this name (its driver died)
             close_ledgers(config.run_uri, SPLITS)

@@ -20,7 +20,7 @@ from .resolution import eval_sizes
 def transform_config_of(config: TrainConfig, *, train: bool):
     """The crop settings of the training or validation stream (one place for the pipeline and
     the GPU decode path)."""
-    from resnet_platform.data.pipeline import TransformConfig
+    from resnet_platform.data.transform_config import TransformConfig
 
     if train:  # the largest crop of a progressive schedule: the worker resizes to the epoch's size
         mean = NORMALIZATION_STATS[config.normalization][0]

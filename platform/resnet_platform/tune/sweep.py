@@ -142,7 +142,10 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     base = config.base
     manifest = read_manifest(base.data)
     check_prepared_data(base.data, manifest)  # before any trial starts: splits, label range
-    base = replace(base, num_classes=len(manifest.classes), storage=base.storage_uri())
+    # Trials run in their own working directories: a relative --data or --storage is made absolute here.
+    base = replace(
+        base, num_classes=len(manifest.classes), storage=base.storage_uri(), data=storage.absolute(base.data)
+    )
     for arch in config.space.archs:  # --init-from fits every network of the grid, pinned once for all
         base, _ = init_from.prepare(replace(base, arch=arch))
     base = replace(base, arch=config.base.arch)
