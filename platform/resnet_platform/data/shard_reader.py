@@ -47,6 +47,18 @@ def image_pixels(data: bytes) -> int | None:
             Image.MAX_IMAGE_PIXELS = saved
 
 
+def check_labels(table: pa.Table, num_classes: int, uri: str) -> None:
+    """Every label of ``table`` inside the manifest's class count, or the shard is refused by name."""
+    if len(table) == 0:
+        return
+    lo, hi = (v.as_py() for v in pc.min_max(table["label"]).values())
+    if lo < 0 or hi >= num_classes:
+        raise LabelOutOfRangeError(
+            f"shard {uri} holds label {hi if hi >= num_classes else lo} "
+            f"outside [0, {num_classes}) (the manifest's class count)"
+        )
+
+
 @functools.lru_cache(maxsize=4)
 def _shard_table(ref) -> dict[str, tuple[str, str, int]]:
     """The split's shard table, fetched once per worker process (tasks of one read share it)."""
@@ -96,12 +108,7 @@ class VerifiedShardDatasource(FileBasedDatasource):
             table = parquet.read_row_group(i, columns=COLUMNS if self._max_image_pixels else self._columns)
             if len(table) == 0:
                 continue
-            lo, hi = (v.as_py() for v in pc.min_max(table["label"]).values())
-            if lo < 0 or hi >= self._num_classes:
-                raise LabelOutOfRangeError(
-                    f"shard {uri} holds label {hi if hi >= self._num_classes else lo} "
-                    f"outside [0, {self._num_classes}) (the manifest's class count)"
-                )
+            check_labels(table, self._num_classes, uri)
             if self._max_image_pixels is not None:
                 table = self._drop_oversized(table, uri).select(self._columns)
             yield table

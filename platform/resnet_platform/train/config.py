@@ -19,6 +19,8 @@ from resnet_platform.tracking.limits import TrackingLimits
 
 from .presets import RECIPE_NAMES, recipe_defaults
 
+EPOCH_ORDERS = ("plan", "stream")
+
 LR_SCHEDULES = ("step", "plateau", "cosine")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 NORMALIZATIONS = ("imagenet", "cifar10")
@@ -98,7 +100,19 @@ class TrainConfig:
         "imagenet", "mean/std applied on the device", group="data", choices=NORMALIZATIONS
     )
     ten_crop: bool = setting(False, "validate with the paper's 10-crop testing", group="data")
-    shuffle_buffer: int = setting(1024, "local shuffle buffer (rows)", group="data", at_least=0)
+    shuffle_buffer: int = setting(
+        1024, "local shuffle buffer (rows; --epoch-order stream only)", group="data", at_least=0
+    )
+    epoch_order: str = setting(
+        "plan",
+        "plan: each epoch a seeded permutation every resume continues exactly (data/epoch_plan.py); "
+        "stream: Ray Data's streaming split with a local shuffle buffer",
+        group="data",
+        choices=EPOCH_ORDERS,
+    )
+    shuffle_window_shards: int = setting(
+        4, "shards whose samples each epoch plan permutes together", group="data", at_least=1
+    )
     data_node_label: str | None = setting(
         None,
         "label of the CPU data nodes (ray start --labels KEY=VALUE): reads and decodes run there, "
@@ -347,6 +361,8 @@ class TrainConfig:
         1.0, "the classifier's learning rate, as a multiple of --lr", group="finetune", above=0
     )
     fault: FaultInjection | None = field(default=None, repr=False)
+    # Tests: a folder where each rank writes the plan positions and sample ids it trains per epoch.
+    trace_samples: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         from resnet_platform.models import get_spec
@@ -402,6 +418,12 @@ class TrainConfig:
     @property
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else 0.1 * self.batch_size / 256
+
+    @property
+    def uses_epoch_plan(self) -> bool:
+        """Training order from the epoch plan: ``--epoch-order plan`` on the CPU decode path (the GPU
+        decode path reads Ray Data's streaming split)."""
+        return self.epoch_order == "plan" and self.decode == "cpu"
 
     @property
     def placement(self):

@@ -165,10 +165,14 @@ def set_no_progress_backstop(datasets: dict, config) -> None:
     """Ray Data's own no-progress timeout, set above the watchdog's limits on every dataset: a
     backstop (its message names no split or rank), never the first to fire. Ray's default (30 min)
     stays where it is already higher, and where the watchdog is off."""
-    longest = max(config.data_wait_s, config.data_wait_between_s)
-    if longest <= 0:
-        return
     for ds in datasets.values():
-        ds.context.execution_no_progress_timeout_s = max(
-            ds.context.execution_no_progress_timeout_s, 2 * longest
+        ds.context.execution_no_progress_timeout_s = no_progress_timeout_s(
+            config, ds.context.execution_no_progress_timeout_s
         )
+
+
+def no_progress_timeout_s(config, current: float) -> float:
+    """Ray Data's no-progress timeout for a stream of this run: twice the watchdog's longest limit,
+    or ``current`` where that is higher or the watchdog is off."""
+    longest = max(config.data_wait_s, config.data_wait_between_s)
+    return current if longest <= 0 else max(current, 2 * longest)

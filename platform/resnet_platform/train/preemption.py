@@ -95,11 +95,14 @@ class ResumePlan:
     start_step: int = 0  # step-in-epoch index of the first batch trained (fault injection counts from it)
     skip_batches: int = 0  # batches read and discarded first (deterministic, same worker count)
     max_steps: int | None = None  # stop after this many trained steps (None: the whole pass)
+    start_sample: int = 0  # epoch plan: the plan position the epoch continues from
 
 
 def resume_plan(position: EpochPosition | None, config, world_size: int) -> ResumePlan:
     if position is None:
         return ResumePlan()
+    if config.uses_epoch_plan:  # exact on any worker count: the epoch continues its own order
+        return ResumePlan(start_step=position.steps, start_sample=position.images)
     if config.deterministic and position.world_size == world_size:
         return ResumePlan(start_step=position.steps, skip_batches=position.steps)
     if not config.train_images:

@@ -86,15 +86,17 @@ def build_datasets(config: TrainConfig, data: PreparedData | None = None) -> dic
         "max_image_pixels": config.max_image_pixels,
     }
     data = data or PreparedData.open(config.data)
-    return {
-        "train": build_split_dataset(
-            data, "train", train=not config.deterministic,
-            transform=transform_config_of(config, train=True), **common,
-        ),
+    datasets = {
         "val": build_split_dataset(
             data, "val", train=False, transform=transform_config_of(config, train=False), **common
         ),
-    }  # fmt: skip
+    }
+    if not config.uses_epoch_plan:  # with the plan, each worker builds its own training stream
+        datasets["train"] = build_split_dataset(
+            data, "train", train=not config.deterministic,
+            transform=transform_config_of(config, train=True), **common,
+        )  # fmt: skip
+    return datasets
 
 
 def build_trainer(
@@ -193,6 +195,8 @@ def run_training(
     ``callbacks`` go to Ray Train's RunConfig (a Tune trial's ``TuneReportCallback``)."""
     if (datasets is None) != (manifest is None):
         raise ValueError("pass datasets and manifest together")
+    if datasets is not None:  # in-memory rows (CIFAR archives): no shards for an epoch plan to read
+        config = replace(config, epoch_order="stream")
     if datasets is None and storage.is_s3(config.data):
         storage.check_reachable(config.data)  # one line within the S3 deadline, not a pyarrow stall
     prepared = None

@@ -8,6 +8,9 @@ The driver (``train/runner.py``) builds the ``train`` and ``val`` datasets with 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from dataclasses import dataclass
 
 import torch
 
@@ -85,3 +88,106 @@ def epoch_batches(
         pin_memory=device.type == "cuda",
         **shuffle,
     )
+
+
+@dataclass
+class PlanSource:
+    """What a worker needs to read its part of an epoch plan (``data/epoch_plan.py``), opened once
+    per worker group start: the split's shard table from the manifest, its filesystem, the seed."""
+
+    shard_rows: tuple[int, ...]
+    entries: dict  # shard index -> data.plan_reader.ShardEntry
+    fs: object
+    num_classes: int
+    seed: int
+
+    @classmethod
+    def open(cls, config: TrainConfig) -> PlanSource:
+        from resnet_platform import storage
+        from resnet_platform.data.epoch_plan import plan_seed, shard_rows_of
+        from resnet_platform.data.manifest import PreparedData
+        from resnet_platform.data.plan_reader import ShardEntry
+
+        # A worker process opens the data itself: the driver's handle (a filesystem, the manifest)
+        # is not part of the picklable config the workers receive.
+        data = PreparedData.open(config.data)
+        shards = data.manifest.splits["train"].shards
+        entries = {
+            i: ShardEntry(
+                path=storage.resolve(storage.join(data.uri, s.path))[1],
+                uri=storage.join(data.uri, s.path),
+                sha256=s.sha256,
+                size=s.bytes,
+            )
+            for i, s in enumerate(shards)
+        }
+        fs, _ = storage.resolve(data.uri)
+        return cls(
+            shard_rows_of(data.manifest, "train"),
+            entries,
+            fs,
+            data.manifest.num_classes,
+            plan_seed(config.seed, config.name or ""),
+        )
+
+    def plan(self, config: TrainConfig, epoch: int):
+        from resnet_platform.data.epoch_plan import EpochPlan
+
+        return EpochPlan(self.shard_rows, self.seed, epoch, config.shuffle_window_shards)
+
+    def batches(
+        self, config: TrainConfig, device: torch.device, *, epoch: int, start: int, rank: int, world: int
+    ):
+        """Rank ``rank``'s micro-batches of epoch ``epoch`` from plan position ``start`` on."""
+        from resnet_platform.data.plan_reader import plan_dataset
+        from resnet_platform.data.skip_ledger import ledger_name
+
+        from .data_wait import no_progress_timeout_s
+
+        plan = self.plan(config, epoch)
+        stream = plan.rank_stream(start, rank, world)
+        ds = plan_dataset(
+            plan,
+            stream,
+            entries=self.entries,
+            fs=self.fs,
+            num_classes=self.num_classes,
+            transform=transform_config_of(config, train=True),
+            skips_name=ledger_name(config.run_uri, "train"),
+            max_image_pixels=config.max_image_pixels,
+            task_args=config.placement.task_args(),
+        )
+        options = ds.context.execution_options
+        options.label_selector = config.placement.data_selector
+        if config.ingest_object_store_gib:  # the run's read-ahead budget, shared by its ranks
+            from ray.data import ExecutionResources
+
+            budget = config.ingest_object_store_gib * 2**30 / world
+            options.resource_limits = ExecutionResources(object_store_memory=budget)
+        ds.context.execution_no_progress_timeout_s = no_progress_timeout_s(
+            config, ds.context.execution_no_progress_timeout_s
+        )
+        batches = ds.iter_torch_batches(
+            batch_size=config.micro_batch_size,
+            dtypes={"image": torch.uint8, "label": torch.int64, "sample": torch.int64},
+            prefetch_batches=config.prefetch_batches,
+            pin_memory=device.type == "cuda",
+        )
+        if config.trace_samples:
+            batches = _traced(batches, config.trace_samples, epoch=epoch, start=start, rank=rank, world=world)
+        return batches
+
+
+def _traced(batches, folder: str, *, epoch: int, start: int, rank: int, world: int):
+    """Tests: append each trained sample's plan position and id to ``folder/rank-R.jsonl``
+    (positions follow the interleave of ``data/epoch_plan.py``)."""
+    os.makedirs(folder, exist_ok=True)
+    done = 0
+    with open(os.path.join(folder, f"rank-{rank}.jsonl"), "a") as f:
+        for batch in batches:
+            samples = batch["sample"].tolist()
+            positions = [start + (done + i) * world + rank for i in range(len(samples))]
+            done += len(samples)
+            f.write(json.dumps({"epoch": epoch, "positions": positions, "samples": samples, "world": world}) + "\n")
+            f.flush()
+            yield batch

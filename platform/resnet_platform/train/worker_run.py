@@ -51,6 +51,7 @@ from .preemption import (
 from .progress import EpochProgress
 from .techniques import WorkerTechniques
 from .uploads import CheckpointUploader
+from .worker_data import PlanSource
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,9 @@ class WorkerRun:
     logger: object | None = None  # rank 0's MLflow logger
     uploader: CheckpointUploader | None = None
     watch: PreemptionWatch | None = None
-    train_shard: object | None = None
+    train_shard: object | None = None  # Ray Data's streaming split (--epoch-order stream)
     val_shard: object | None = None
+    plan_source: PlanSource | None = None  # the epoch plan's reader (--epoch-order plan)
 
     def __post_init__(self) -> None:
         if self.forward_model is None:
@@ -141,7 +143,8 @@ class WorkerRun:
             techniques=WorkerTechniques(config, unwrap(model), device),
             uploader=CheckpointUploader(config.checkpoint_upload, rank),
             watch=PreemptionWatch(config, rank),
-            train_shard=ray.train.get_dataset_shard("train"),
+            train_shard=None if config.uses_epoch_plan else ray.train.get_dataset_shard("train"),
+            plan_source=PlanSource.open(config) if config.uses_epoch_plan else None,
             val_shard=ray.train.get_dataset_shard("val"),
         )
 
@@ -203,15 +206,20 @@ class WorkerRun:
         plan = resume_plan(carried, config, self.world)
         self.position = None
         size = self.techniques.train_size(epoch)
-        batches = epoch_batches(
-            self.train_shard,
-            config,
-            self.device,
-            train=True,
-            shuffle_seed=shuffle_seed,
-            image_size=size,
-            epoch=epoch,
-        )
+        if self.plan_source is not None:  # data/epoch_plan.py: this epoch's order, from where it got to
+            batches = self.plan_source.batches(
+                config, self.device, epoch=epoch, start=plan.start_sample, rank=self.rank, world=self.world
+            )
+        else:
+            batches = epoch_batches(
+                self.train_shard,
+                config,
+                self.device,
+                train=True,
+                shuffle_seed=shuffle_seed,
+                image_size=size,
+                epoch=epoch,
+            )
         batches = watched(batches, config, "train", self.rank)  # train/data_wait.py: never a silent wait
         train = self.train_epoch(batches, plan=plan, carried=carried, image_size=size)
         evals = self.validate()
