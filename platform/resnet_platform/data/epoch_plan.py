@@ -66,9 +66,7 @@ class EpochPlan:
         offsets = np.concatenate([[0], np.cumsum(self.shard_rows, dtype=np.int64)])
         parts = []
         for k, window in enumerate(self.windows()):
-            ids = np.concatenate(
-                [np.arange(offsets[s], offsets[s + 1], dtype=np.int64) for s in window]
-            )
+            ids = np.concatenate([np.arange(offsets[s], offsets[s + 1], dtype=np.int64) for s in window])
             parts.append(self._generator(1, k).permutation(ids))
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
@@ -92,9 +90,7 @@ class ReadUnit:
     sample_of: np.ndarray  # per output row: its sample id
 
 
-def read_units(
-    plan: EpochPlan, stream: np.ndarray, *, max_rows: int | None = None
-) -> list[ReadUnit]:
+def read_units(plan: EpochPlan, stream: np.ndarray, *, max_rows: int | None = None) -> list[ReadUnit]:
     """Cut a rank's ``stream`` (sample ids in training order) into read tasks: consecutive samples
     of one window go together (a window's shards are read once per rank), at most ``max_rows``
     per task."""

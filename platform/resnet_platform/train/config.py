@@ -406,8 +406,11 @@ class TrainConfig:
             raise ValueError(f"max skipped fraction must be between 0 and 1, got {self.max_skipped_fraction}")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise ValueError(f"max image pixels must be positive, got {self.max_image_pixels}")
-        if self.deterministic and self.augmentation != "none":
-            raise ValueError("deterministic runs need augmentation 'none': random crops cannot be replayed")
+        if self.deterministic and self.augmentation != "none" and not self.uses_epoch_plan:
+            raise ValueError(
+                "deterministic runs with augmentation need --epoch-order plan on the CPU decode path "
+                "(each sample's crop from its own generator): elsewhere random crops cannot be replayed"
+            )
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
         self.progressive_ramp = tuple(float(r) for r in self.progressive_ramp)
         from resnet_platform.train import techniques

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,10 @@ class PreemptionWatch:
         ray.train.collective.barrier()
         if self.rank == self.config.fault.rank:
             log.warning("fault injection: rank %d leaves after the preemption checkpoint", self.rank)
+            # A real node leaves at the drain's deadline; leave only after Ray Train's controller has
+            # polled the workers' reports (every 2 s in Ray 2.60), or the checkpoint is stored but
+            # never registered and a later resume starts from the one before.
+            time.sleep(5)
             os._exit(1)
 
 

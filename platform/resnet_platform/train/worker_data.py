@@ -188,6 +188,9 @@ def _traced(batches, folder: str, *, epoch: int, start: int, rank: int, world: i
             samples = batch["sample"].tolist()
             positions = [start + (done + i) * world + rank for i in range(len(samples))]
             done += len(samples)
-            f.write(json.dumps({"epoch": epoch, "positions": positions, "samples": samples, "world": world}) + "\n")
+            f.write(
+                json.dumps({"epoch": epoch, "positions": positions, "samples": samples, "world": world})
+                + "\n"
+            )
             f.flush()
             yield batch
