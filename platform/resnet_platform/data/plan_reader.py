@@ -11,7 +11,9 @@ decode.
 
 An image that cannot be decoded (or is above the pixel limit) is recorded in the run's skip ledger
 as on the streaming path, and its place in the batch is taken by the batch's previous image: rows
-are never dropped, so every rank keeps the same number of steps and plan positions stay exact.
+are never dropped, so every rank keeps the same number of steps and plan positions stay exact. Only
+a decode batch (64 samples) with no good image at all loses its rows: a split that broken ends at
+the epoch's skip-budget check.
 """
 
 from __future__ import annotations
@@ -95,8 +97,13 @@ def _decode_samples(
     if failed:
         record_skips(skips_name, failed)
     good = [i for i, im in enumerate(images) if im is not None]
-    if not good:
-        raise ValueError(f"every image of a decode batch was undecodable ({failed[0]['key']}, ...)")
+    if not good:  # nothing to stand in: the rows go (a split this broken fails its skip budget)
+        size = t.image_size
+        return {
+            "image": np.zeros((0, size, size, 3), np.uint8),
+            "label": np.zeros(0, np.int64),
+            "sample": np.zeros(0, np.int64),
+        }
     for i in missing:  # the previous good image of the batch (the next one for a leading failure)
         j = max((g for g in good if g < i), default=good[0])
         images[i], labels[i] = images[j], labels[j]

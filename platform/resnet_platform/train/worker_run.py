@@ -41,6 +41,7 @@ from .faults import maybe_inject_fault
 from .metrics import all_reduce_max, topk_correct
 from .optim import EpochSchedule, build_optimizer
 from .preemption import (
+    UNRANKED_ERROR,
     EpochPosition,
     PreemptionWatch,
     ResumePlan,
@@ -429,9 +430,9 @@ class WorkerRun:
                 here.steps,
                 here.images,
             )
-        # Ranked worst by val error (inf), so Ray's keep-best never prefers it; kept while it is the latest.
-        metrics = {"epoch": state.epoch, "step": state.step, "val_top1_error": float("inf")}
-        metrics[config.score_metric] = float("inf")  # the EMA's error with --register-ema
+        # Ranked worst by val error, so Ray's keep-best never prefers it; kept while it is the latest.
+        metrics = {"epoch": state.epoch, "step": state.step, "val_top1_error": UNRANKED_ERROR}
+        metrics[config.score_metric] = UNRANKED_ERROR  # the EMA's error with --register-ema
         metrics["preemption_checkpoint"] = 1.0
         self.save_and_report(metrics, name, here)
         self.uploader.wait()  # stored before the node goes: the restart resumes from here
