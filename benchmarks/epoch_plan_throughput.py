@@ -100,13 +100,30 @@ def plan_pass(uri: str, ranks: int, batch: int, expected: int, epoch: int):
     from resnet_platform.train.worker_data import PlanSource
 
     config = TrainConfig(data=uri, seed=0, name="bench", batch_size=batch * ranks, num_workers=ranks,
-                         cpus_per_worker=0.0, image_size=224)  # fmt: skip
+                         cpus_per_worker=0.5, image_size=224)  # fmt: skip
     source = PlanSource.open(config)
     its = [
         source.batches(config, torch.device("cpu"), epoch=epoch, start=0, rank=r, world=ranks)
         for r in range(ranks)
     ]
     return timed_ranks(its, expected), source
+
+
+def stream_key_shards(uri: str, manifest) -> dict[int, int]:
+    """The stream pass's key ids (crc32 of the image key) -> shard index."""
+    import zlib
+
+    import pyarrow.parquet as pq
+
+    from resnet_platform import storage
+
+    out = {}
+    for i, shard in enumerate(manifest.splits["train"].shards):
+        fs, path = storage.resolve(storage.join(uri, shard.path))
+        with fs.open_input_file(path) as f:
+            for key in pq.read_table(f, columns=["key"])["key"].to_pylist():
+                out[zlib.crc32(str(key).encode())] = i
+    return out
 
 
 def shards_per_batch(batches: list[list[int]], shard_of) -> float:
@@ -116,7 +133,7 @@ def shards_per_batch(batches: list[list[int]], shard_of) -> float:
 def main() -> None:
     from data_throughput import generate, start_quiet_ray
 
-    from resnet_platform.data.epoch_plan import co_batch_repeat
+    from resnet_platform.data.epoch_plan import DEFAULT_WINDOW_SHARDS, co_batch_repeat
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=8000)
@@ -176,7 +193,10 @@ def main() -> None:
         )
     offsets = np.cumsum([s.rows for s in manifest.splits["train"].shards])
     plan_shards = shards_per_batch(keys["plan"][1], lambda k: int(np.searchsorted(offsets, k, side="right")))
-    print(f"plan: {plan_shards:.1f} source shards per batch (window {4} shards)")
+    shard_of_key = stream_key_shards(shards, manifest)
+    stream_shards = shards_per_batch(keys["stream"][1], shard_of_key.__getitem__)
+    print(f"source shards per batch: stream {stream_shards:.1f}, plan {plan_shards:.1f} "
+          f"(plan window {DEFAULT_WINDOW_SHARDS} shards; {len(offsets)} shards)")  # fmt: skip
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
