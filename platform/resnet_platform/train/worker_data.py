@@ -189,7 +189,15 @@ def _traced(batches, folder: str, *, epoch: int, start: int, rank: int, world: i
             positions = [start + (done + i) * world + rank for i in range(len(samples))]
             done += len(samples)
             f.write(
-                json.dumps({"epoch": epoch, "positions": positions, "samples": samples, "world": world})
+                json.dumps(
+                    {
+                        "epoch": epoch,
+                        "start": start,
+                        "positions": positions,
+                        "samples": samples,
+                        "world": world,
+                    }
+                )
                 + "\n"
             )
             f.flush()
