@@ -28,7 +28,7 @@ def describe_run(config: TrainConfig) -> RunDescription:
         num_workers=config.num_workers,
         use_gpu=config.use_gpu,
         params={k: v for k, v in config.to_dict().items() if k not in NOT_LOGGED},
-        resume=config.resume,
+        resume=config.resume != "never",  # resolved by the driver (train/resume.py): must or never
         limits=config.tracking_limits(),
     )
 
