@@ -15,7 +15,9 @@ from .checkpoint import load_checkpoint, load_model_config
 from .config import TrainConfig
 from .resolution import eval_sizes
 
-NOT_LOGGED = ("mlflow_run_id", "fault")  # settings that are not the run's parameters
+# Settings that are not the run's parameters (``resume`` is how this submission started, which
+# differs between the submissions of one run: train/resume.py).
+NOT_LOGGED = ("mlflow_run_id", "fault", "resume")
 
 
 def describe_run(config: TrainConfig) -> RunDescription:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from resnet_platform import _compat
 from resnet_platform.data.checks import check_skip_budget
 from resnet_platform.data.transforms import NORMALIZATION_STATS
 from resnet_platform.models import build_model
@@ -455,9 +456,11 @@ class WorkerRun:
                 here.steps,
                 here.images,
             )
-        # Ranked worst by val error (inf), so Ray's keep-best never prefers it; Ray keeps the latest
+        # Ranked worst by val error, so Ray's keep-best never prefers it; Ray keeps the latest
         # checkpoint whatever its rank (CheckpointManager._save_state_and_delete_old_checkpoints).
-        metrics = {"epoch": state.epoch, "step": state.step, "val_top1_error": float("inf")}
-        metrics[self.config.score_metric] = float("inf")  # the EMA's error with --register-ema
+        # Not inf: Ray's snapshot would store null, and a resubmitted run fail ranking (_compat).
+        unranked = _compat.unranked_score()
+        metrics = {"epoch": state.epoch, "step": state.step, "val_top1_error": unranked}
+        metrics[self.config.score_metric] = unranked  # the EMA's error with --register-ema
         metrics[kind] = 1.0
         self.save_and_report(metrics, name, here)
