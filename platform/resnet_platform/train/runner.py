@@ -172,7 +172,11 @@ def check_run_name(config: TrainConfig) -> TrainConfig:
     else:
         resume.store_settings(config.run_uri, config.to_dict())
     if continued:
-        log.info("continuing run %s from its latest checkpoint (--resume %s)", config.run_uri, config.resume)
+        log.info(
+            "continuing run %s (--resume %s) from its latest stored checkpoint, if any",
+            config.run_uri,
+            config.resume,
+        )
     return replace(config, resume="must" if continued else "never")
 
 
