@@ -6,6 +6,7 @@ the test: widen its range in ``WORKAROUNDS``, or delete it and call the library 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import signal
@@ -380,3 +381,14 @@ def test_xdist_groups_reach_the_scheduler(request):
     pytest-xdist schedules it like any other (tests/conftest.py's shim for pytest 9.2)."""
     grouped = request.node.nodeid.endswith("@compat_probe")
     assert grouped == bool(getattr(request.config.option, "loadgroup", False)), request.node.nodeid
+
+
+def test_ray_train_snapshot_still_loses_inf_scores_and_keeps_the_unranked_one():
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _TrainingResultState
+
+    def stored(value: float):
+        state = _TrainingResultState(checkpoint_dir_name="c", metrics={"val_top1_error": value})
+        return json.loads(state.model_dump_json())["metrics"]["val_top1_error"]
+
+    assert stored(float("inf")) is None  # the workaround is still needed
+    assert stored(_compat.unranked_score()) == _compat.unranked_score() > 1.0  # worse than any error

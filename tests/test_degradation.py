@@ -171,7 +171,7 @@ def test_each_net_gets_the_scaled_recipe_on_the_platforms_training_path(tmp_path
         0.9,
         1e-4,
     )
-    assert c.augmentation == "none" and c.seed == 2 and not c.resume
+    assert c.augmentation == "none" and c.seed == 2 and c.resume == "never"
     assert c.name == "cifar_resnet56-seed2" and c.storage == f"{tmp_path / 'runs'}/g"
     # The rate every epoch gets, from the schedule the training loop steps (train/optim.py): a ramp
     # from 0.01 over the first quarter, then the recipe's 0.1 /10 at epochs 4 and 6.
@@ -202,7 +202,7 @@ def test_each_net_gets_the_scaled_recipe_on_the_platforms_training_path(tmp_path
     r = degradation.train_net(cfg, "cifar_plain20", seed=0)
     c = seen["prepared"]
     assert c.data == shards and c.epochs == 8 and c.lr_milestones == (4, 6) and c.augmentation == "pad-crop"
-    assert c.resume and c.warmup_epochs == 2 and c.error_warmup_lr is None and r.result.params > 0
+    assert c.resume == "must" and c.warmup_epochs == 2 and c.error_warmup_lr is None and r.result.params > 0
 
 
 def test_verdict_on_means_and_seed_by_seed():

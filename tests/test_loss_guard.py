@@ -46,3 +46,20 @@ def test_finite_losses_pass_and_a_later_epoch_is_reported():
     guard.observe(torch.tensor(float("nan")), epoch=2, step=8)
     with pytest.raises(NonFiniteLossError, match="epoch 2 step 7"):
         guard.check()
+
+
+def test_the_group_check_all_reduces_the_earliest_bad_step(tmp_path):
+    """``check_all`` through a real (one-process gloo) group: the path every DDP rank takes."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        guard = LossGuard()
+        guard.check_all(torch.device("cpu"))  # nothing observed: every rank sends "no bad step"
+        guard.observe(torch.tensor(0.5), epoch=2, step=30)
+        guard.check_all(torch.device("cpu"))
+        guard.observe(torch.tensor(float("inf")), epoch=2, step=31)
+        with pytest.raises(NonFiniteLossError, match="at epoch 2 step 31;"):
+            guard.check_all(torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()

@@ -136,7 +136,7 @@ def test_missing_bucket_is_refused_fast_with_the_uri(s3_server):
 def test_existing_run_needs_resume_and_resume_needs_a_run(digits_shards, tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(RunExistsError, match="--resume"):
-        run_training(small_config(digits_shards, tmp_path, name="taken"))
+        run_training(small_config(digits_shards, tmp_path, name="taken", resume="never"))
     with pytest.raises(RunExistsError, match="no run"):
         run_training(small_config(digits_shards, tmp_path, name="never-ran", resume=True))
 

@@ -167,6 +167,13 @@ WORKAROUNDS: dict[str, Workaround] = {
         "construct_user_exception_with_traceback), which reaches the job's output before the driver "
         "can print its one line; a filter on that logger drops the record for the errors it is told.",
     ),
+    "unranked_score": Workaround(
+        "ray",
+        RAY_CHECKED,
+        "Ray Train V2 writes its checkpoint snapshot (checkpoint_manager_snapshot.json) with pydantic, "
+        "which stores inf and NaN metrics as null; a new controller on the same run (a resubmitted job) "
+        "loads the null score and fails ranking the next checkpoint (TypeError: float * NoneType).",
+    ),
 }
 
 
@@ -431,3 +438,10 @@ def model_artifact_uri(client, model_uri: str) -> str:
         else:  # a logged model id (m-...)
             model_uri = client.get_logged_model(ref).artifact_location
     raise ValueError(f"could not resolve {model_uri!r}: too many indirections")
+
+
+def unranked_score() -> float:
+    """The score of a checkpoint that must rank below every real one (a mid-epoch checkpoint: no
+    validation yet) under ``checkpoint_score_order="min"``: finite, where inf would be right, so that
+    it survives Ray's snapshot (``WORKAROUNDS["unranked_score"]``). Above any error rate."""
+    return 1e9

@@ -54,12 +54,14 @@ def setting(
     at_least: float | None = None,
     above: float | None = None,
     at_most: float | None = None,
+    const: Any = None,
 ) -> Any:
     """A dataclass field with what its flag needs. ``choices`` may be a function (evaluated when the
     parser is built, e.g. the model registry's names); ``cli=False``: not a flag (set by the driver).
     ``at_least``/``above``/``at_most``: the range a number must lie in (None, where allowed, is
-    not checked); :func:`check_ranges` enforces it."""
-    meta = {"help": help, "group": group, "choices": choices, "metavar": metavar, "cli": cli}
+    not checked); :func:`check_ranges` enforces it. ``const``: the value of the flag given without
+    one (``--resume`` alone means ``--resume must``)."""
+    meta = {"help": help, "group": group, "choices": choices, "metavar": metavar, "cli": cli, "const": const}
     meta["range"] = {"at_least": at_least, "above": above, "at_most": at_most}
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_META: meta})
 
@@ -187,6 +189,8 @@ def add_flags(
             kwargs["metavar"] = meta["metavar"]
         if choices is not None:
             kwargs["choices"] = list(choices)
+        if meta.get("const") is not None:
+            kwargs.update(nargs="?", const=meta["const"])
         if f.name in needed:
             kwargs["required"] = True
         else:

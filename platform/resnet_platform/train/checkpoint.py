@@ -22,6 +22,14 @@ from resnet_platform.tracking.params import redact
 
 STATE_FILE = "state.pt"
 MODEL_CONFIG_FILE = "model_config.json"
+STEP_CHECKPOINT_PREFIX = "checkpoint_step"
+
+
+def step_checkpoint_name(epoch_index: int, step: int) -> str:
+    """A ``--checkpoint-every-steps`` checkpoint's directory name, shaped like a preemption's
+    (``preemption.preempt_checkpoint_name``): ``epoch_index`` is the 0-based epoch in progress,
+    ``step`` the global optimizer step."""
+    return f"{STEP_CHECKPOINT_PREFIX}_e{epoch_index + 1:04d}_s{step:08d}"
 
 
 def capture_rng() -> dict[str, Any]:

@@ -25,6 +25,9 @@ LR_SCHEDULES = ("step", "plateau", "cosine")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 NORMALIZATIONS = ("imagenet", "cifar10")
 CHECKPOINT_UPLOAD_MODES = ("async", "sync")
+# --resume (train/resume.py): auto continues the run --name when it exists, else starts it; must
+# (--resume alone) refuses to start one; never refuses to continue one.
+RESUME_MODES = ("auto", "must", "never")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class FaultInjection:
     step: int = 0
     # "exit": the worker process dies (os._exit); "raise": an exception; "preempt": the run is told a
     # preemption is pending at that step (as ray.train.get_preemption_info() would), writes its
-    # preemption checkpoint, then rank ``rank`` dies (the node going away)
+    # preemption checkpoint, then rank ``rank`` dies (the node going away); "nan": that micro-batch's
+    # loss is NaN (a diverging run: the loss guard must stop it)
     kind: str = "exit"
     rank: int = 0
     marker: str | None = None
@@ -236,7 +240,14 @@ class TrainConfig:
     # checkpoints and recovery
     storage: str = setting("runs", "where runs and checkpoints go (path or s3://)", group="checkpoints")
     name: str | None = setting(None, "run name (default: ARCH-TIMESTAMP)", group="checkpoints")
-    resume: bool = setting(False, "continue the run --name at --storage", group="checkpoints")
+    resume: str = setting(
+        "auto",
+        "auto: continue the run --name at --storage if it exists (same settings), else start it; "
+        "--resume alone (must): it must exist; never: it must not",
+        group="checkpoints",
+        choices=RESUME_MODES,
+        const="must",
+    )
     max_failures: int = setting(0, "worker-group restarts allowed", group="checkpoints", at_least=-1)
     max_preemptions: int = setting(
         -1,
@@ -258,6 +269,13 @@ class TrainConfig:
         choices=CHECKPOINT_UPLOAD_MODES,
     )
     checkpoint_every: int = setting(1, "epochs between checkpoints", group="checkpoints", at_least=1)
+    checkpoint_every_steps: int = setting(
+        0,
+        "optimizer steps between mid-epoch checkpoints (uploaded in the background, kept under "
+        "--keep-checkpoints; a restart continues from the newest); 0: off",
+        group="checkpoints",
+        at_least=0,
+    )
     keep_checkpoints: int = setting(3, "best K kept by val error", group="checkpoints", at_least=1)
     # tracking
     experiment: str = setting("resnet-imagenet", group="tracking")
@@ -368,6 +386,8 @@ class TrainConfig:
         from resnet_platform.models import get_spec
 
         check_ranges(self)  # each setting's declared range: --batch-size 0 stops here, on the driver
+        if isinstance(self.resume, bool):  # the former switch, still passed by sweeps' trials and tests
+            self.resume = "must" if self.resume else "never"
         get_spec(self.arch)  # unknown names fail here, on the driver, listing the valid ones
         for name, value, valid in (
             ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
@@ -376,6 +396,7 @@ class TrainConfig:
             ("normalization", self.normalization, NORMALIZATIONS),
             ("decode", self.decode, DECODE_MODES),
             ("checkpoint_upload", self.checkpoint_upload, CHECKPOINT_UPLOAD_MODES),
+            ("resume", self.resume, RESUME_MODES),
         ):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")

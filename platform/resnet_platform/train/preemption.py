@@ -38,10 +38,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PREEMPT_CHECKPOINT_PREFIX = "checkpoint_preempt"
-# The score of a mid-epoch checkpoint: worse than any error, so keep-best never prefers it. Finite:
-# Ray 2.60 stores the scores as JSON, where inf comes back as None, and a resubmitted run then fails
-# comparing its first checkpoint with it (TypeError in the controller).
-UNRANKED_ERROR = 1e9
 
 
 def preempt_checkpoint_name(epoch_index: int, step: int) -> str:

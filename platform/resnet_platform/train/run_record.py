@@ -15,7 +15,9 @@ from .checkpoint import load_checkpoint, load_model_config
 from .config import TrainConfig
 from .resolution import eval_sizes
 
-NOT_LOGGED = ("mlflow_run_id", "fault")  # settings that are not the run's parameters
+# Settings that are not the run's parameters (``resume`` is how this submission started, which
+# differs between the submissions of one run: train/resume.py).
+NOT_LOGGED = ("mlflow_run_id", "fault", "resume")
 
 
 def describe_run(config: TrainConfig) -> RunDescription:
@@ -28,7 +30,7 @@ def describe_run(config: TrainConfig) -> RunDescription:
         num_workers=config.num_workers,
         use_gpu=config.use_gpu,
         params={k: v for k, v in config.to_dict().items() if k not in NOT_LOGGED},
-        resume=config.resume,
+        resume=config.resume != "never",  # resolved by the driver (train/resume.py): must or never
         limits=config.tracking_limits(),
     )
 

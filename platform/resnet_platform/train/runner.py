@@ -161,22 +161,38 @@ def prepare_config(config: TrainConfig, manifest: Manifest) -> TrainConfig:
     )
 
 
-def check_run_name(config: TrainConfig) -> None:
-    check_name_and_resume(config.storage, config.name, config.resume, RunExistsError, kind="run")
+def check_run_name(config: TrainConfig) -> TrainConfig:
+    """The run name against ``--resume`` (train/resume.py): the config to run, its ``resume`` now
+    ``must`` (a run continued: the same settings, checked here) or ``never`` (a new run, whose
+    settings are stored for the next resume to compare with)."""
+    from . import resume
+
+    continued = check_name_and_resume(config.storage, config.name, config.resume, RunExistsError, kind="run")
+    stored = resume.stored_settings(config.run_uri) if continued else None
+    if stored is not None:
+        resume.check_same_settings(config.run_uri, config.to_dict())
+    else:
+        resume.store_settings(config.run_uri, config.to_dict())
+    if continued:
+        log.info(
+            "continuing run %s (--resume %s) from its latest stored checkpoint, if any",
+            config.run_uri,
+            config.resume,
+        )
+    return replace(config, resume="must" if continued else "never")
 
 
 def check_name_and_resume(
-    storage_uri: str, name: str, resume: bool, error: type[Exception], *, kind: str
-) -> None:
-    """The one rule of ``--name`` and ``--resume`` (training runs and sweeps): a new ``kind`` needs a
-    name not taken at ``storage_uri``, ``--resume`` one that is; ``error`` says which was wrong."""
+    storage_uri: str, name: str, resume: bool | str, error: type[Exception], *, kind: str
+) -> bool:
+    """The one rule of ``--name`` and ``--resume`` (training runs and sweeps; ``train/resume.py``):
+    auto continues ``kind`` when ``name`` is taken at ``storage_uri`` and starts it when not; must
+    (a sweep's ``--resume``: True) needs it taken, never (False) needs it free; ``error`` says which
+    was wrong. Returns whether it is continued."""
+    from .resume import resolve
+
     fs, path = storage.resolve(storage_uri)
-    exists = run_exists(fs, path, name)
-    where = storage.join(storage_uri, name)
-    if exists and not resume:
-        raise error(f"{kind} {where} already exists: pass --resume to continue it, or another --name")
-    if resume and not exists:
-        raise error(f"--resume: no {kind} at {where} to continue")
+    return resolve(resume, run_exists(fs, path, name), storage.join(storage_uri, name), kind, error)
 
 
 def run_training(
@@ -209,7 +225,7 @@ def run_training(
     # Write access, proved with a probe object: read-only credentials fail here, not an epoch later.
     storage.check_writable(config.storage_uri())
     config = prepare_config(config, manifest)
-    check_run_name(config)
+    config = check_run_name(config)  # resume: auto -> must or never
     config, origin = init_from.prepare(config)  # --init-from checked and pinned before any worker starts
     ensure_ray()
     try:
@@ -224,11 +240,12 @@ def run_training(
             datasets if datasets is not None else build_datasets(config, prepared),
             callbacks=callbacks,
         )
-        if not config.resume:  # a ledger left by an earlier run of this name (its driver died)
+        if config.resume == "never":  # a ledger left by an earlier run of this name (its driver died)
             close_ledgers(config.run_uri, SPLITS)
         with _compat.sigint_handler_restored():
             result = trainer.fit()
         raise_if_stopped()  # SIGTERM taken by Ray Train's own abort: the run is killed, not finished
+        raise_if_diverged(result)
     except BaseException as err:
         close_ledgers(config.run_uri, SPLITS)
         if tracker is not None:  # bounded, and never raises over ``err``
@@ -254,6 +271,16 @@ def run_training(
         outcome.model_version = recorded.model_version
         outcome.mlflow_closed = recorded.closed
     return outcome
+
+
+def raise_if_diverged(result) -> None:
+    """The workers' loss guard stopped the run (``train/loss_guard.py``): its one line, as the error."""
+    from .loop import NON_FINITE_LOSS
+    from .loss_guard import NonFiniteLossError
+
+    value = getattr(result, "return_value", None)
+    if isinstance(value, dict) and value.get(NON_FINITE_LOSS):
+        raise NonFiniteLossError(value[NON_FINITE_LOSS])
 
 
 def summarize(config: TrainConfig, result) -> TrainingOutcome:

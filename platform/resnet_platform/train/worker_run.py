@@ -26,22 +26,30 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from resnet_platform import _compat
 from resnet_platform.data.checks import check_skip_budget
 from resnet_platform.data.transforms import NORMALIZATION_STATS
 from resnet_platform.models import build_model
 
 from . import elastic, init_from
 from .accumulate import Accumulator, with_last
-from .checkpoint import TrainingState, load_checkpoint, model_config_of, restore_rng, save_checkpoint
+from .checkpoint import (
+    TrainingState,
+    load_checkpoint,
+    model_config_of,
+    restore_rng,
+    save_checkpoint,
+    step_checkpoint_name,
+)
 from .config import TrainConfig
 from .data_wait import watched
 from .device import Normalizer, resolve_amp, seed_everything, unwrap
 from .epoch import EpochStats, EpochSums, epoch_metrics, evaluate_models, format_epoch
 from .faults import maybe_inject_fault
+from .loss_guard import LossGuard
 from .metrics import all_reduce_max, topk_correct
 from .optim import EpochSchedule, build_optimizer
 from .preemption import (
-    UNRANKED_ERROR,
     EpochPosition,
     PreemptionWatch,
     ResumePlan,
@@ -95,6 +103,7 @@ class WorkerRun:
     logger: object | None = None  # rank 0's MLflow logger
     uploader: CheckpointUploader | None = None
     watch: PreemptionWatch | None = None
+    guard: LossGuard = field(default_factory=LossGuard)  # a non-finite loss stops the run
     train_shard: object | None = None  # Ray Data's streaming split (--epoch-order stream)
     val_shard: object | None = None
     plan_source: PlanSource | None = None  # the epoch plan's reader (--epoch-order plan)
@@ -270,6 +279,10 @@ class WorkerRun:
         try:
             for step_in_epoch, (batch, is_last) in enumerate(with_last(batches), start=plan.start_step):
                 if plan.max_steps is not None and sums.trained >= plan.max_steps:
+                    # The streaming split's rest is read and dropped, not abandoned: a split left
+                    # half-read gave the next epoch no rows (Ray 2.60).
+                    for _ in batches:
+                        pass
                     break
                 sums.waited()
                 loss = self.train_step(batch, is_last, step_in_epoch, sums, accumulator, image_size)
@@ -289,7 +302,7 @@ class WorkerRun:
         """Forward and backward one micro-batch; after the last of an optimizer step: the schedule's
         low-rate phase check, the techniques' step (EMA), rank 0's step metrics. Returns the loss."""
         config, state, device = self.config, self.state, self.device
-        maybe_inject_fault(config, self.rank, state.epoch, step_in_epoch)
+        poison = maybe_inject_fault(config, self.rank, state.epoch, step_in_epoch)  # True: a "nan" fault
         x, y = self.normalize(batch["image"]), batch["label"]
         target = hard = y
         if self.techniques is not None:
@@ -300,7 +313,11 @@ class WorkerRun:
             with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 logits = self.forward_model(x)
                 loss = self.criterion(logits, target)
+                if poison:
+                    loss = loss * float("nan")
             accumulator.backward(loss)
+        # Queued on the device (no host sync); checked at logging steps and before each report.
+        self.guard.observe(loss, epoch=state.epoch + 1, step=state.step + 1)
         sums.add(loss, topk_correct(logits.detach(), hard), y.shape[0], self.schedule.error_warmup)
         if not accumulator.stepped:
             return loss
@@ -309,6 +326,8 @@ class WorkerRun:
             self.schedule.observe_step_error(sums.warm_error())
         if self.techniques is not None:
             self.techniques.after_step(state.step, state.epoch)
+        if state.step % config.log_every_steps == 0:
+            self.guard.check_all(device)  # every rank, the same steps: all raise, or none
         if self.logger is not None and state.step % config.log_every_steps == 0:
             self.logger.log_step(
                 {
@@ -381,7 +400,10 @@ class WorkerRun:
 
     # -------------------------------------------------------------------------------- checkpoints
     def save_and_report(self, metrics: dict, name: str | None, position: EpochPosition | None = None) -> dict:
-        """Rank 0 writes the checkpoint (``name`` given) to a local folder; every rank reports."""
+        """Rank 0 writes the checkpoint (``name`` given) to a local folder; every rank reports. Every
+        rank first checks the loss guard (a collective): no report, and no checkpoint, after a
+        non-finite loss."""
+        self.guard.check_all(self.device)
         directory = None
         save_s = wait_s = 0.0
         if name is not None and self.rank == 0:
@@ -407,33 +429,50 @@ class WorkerRun:
         return {"report_s": report_s, "checkpoint_save_s": save_s}
 
     def preemption_boundary(self, step_in_epoch: int, sums: EpochSums) -> None:
-        """After each optimizer step, on every worker: poll the upload now and then; when a
-        preemption is pending, checkpoint the epoch's position (a collective) before the node goes."""
+        """After each optimizer step, on every worker: poll the upload now and then; every
+        ``--checkpoint-every-steps`` steps, a mid-epoch checkpoint uploaded in the background; when a
+        preemption is pending, one that is stored before the node goes. Both hold the epoch's
+        position (a collective: every rank reaches the same steps)."""
         if self.uploader is None or self.watch is None:  # a bare run (tests): nothing to report to
             return
         config, state = self.config, self.state
         if (step_in_epoch + 1) % config.log_every_steps == 0:
             self.uploader.poll()  # an epoch whose checkpoint is now stored goes to MLflow
+        every = config.checkpoint_every_steps
+        if every and state.step % every == 0:
+            # Not waited for: training goes on while it uploads (the next save waits for it).
+            self.save_mid_epoch(sums, step_checkpoint_name(state.epoch, state.step), "step_checkpoint")
         if not self.watch.due(step_in_epoch):
             return
         info = self.watch.check(state.epoch, step_in_epoch)
         if info is None:
             return
-        here = sums.position()  # all-reduced: every rank is at this step
         name = preempt_checkpoint_name(state.epoch, state.step)
         if self.rank == 0:
-            log.warning(
-                "preemption pending on %s: checkpoint %s (epoch %d, %d steps, %d images into it)",
-                describe(info),
+            log.warning("preemption pending on %s: checkpoint %s", describe(info), name)
+        self.save_mid_epoch(sums, name, "preemption_checkpoint")
+        self.uploader.wait()  # stored before the node goes: the restart resumes from here
+        self.watch.after_checkpoint()
+
+    def save_mid_epoch(self, sums: EpochSums, name: str, kind: str) -> None:
+        """A checkpoint of the epoch in progress, with its position (all-reduced: every rank calls
+        this at the same step), reported under ``name`` with ``kind`` = 1 among its metrics."""
+        state = self.state
+        here = sums.position()
+        if self.rank == 0:  # a step checkpoint's line only with --verbose: quiet output
+            log.log(
+                logging.INFO if kind == "preemption_checkpoint" else logging.DEBUG,
+                "checkpoint %s: epoch %d, %d steps, %d images into it",
                 name,
                 state.epoch + 1,
                 here.steps,
                 here.images,
             )
-        # Ranked worst by val error, so Ray's keep-best never prefers it; kept while it is the latest.
-        metrics = {"epoch": state.epoch, "step": state.step, "val_top1_error": UNRANKED_ERROR}
-        metrics[config.score_metric] = UNRANKED_ERROR  # the EMA's error with --register-ema
-        metrics["preemption_checkpoint"] = 1.0
+        # Ranked worst by val error, so Ray's keep-best never prefers it; Ray keeps the latest
+        # checkpoint whatever its rank (CheckpointManager._save_state_and_delete_old_checkpoints).
+        # Not inf: Ray's snapshot would store null, and a resubmitted run fail ranking (_compat).
+        unranked = _compat.unranked_score()
+        metrics = {"epoch": state.epoch, "step": state.step, "val_top1_error": unranked}
+        metrics[self.config.score_metric] = unranked  # the EMA's error with --register-ema
+        metrics[kind] = 1.0
         self.save_and_report(metrics, name, here)
-        self.uploader.wait()  # stored before the node goes: the restart resumes from here
-        self.watch.after_checkpoint()
