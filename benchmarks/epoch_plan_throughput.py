@@ -93,14 +93,14 @@ def _key_ids(batch: dict) -> dict:
     return batch
 
 
-def plan_pass(uri: str, ranks: int, batch: int, expected: int, epoch: int):
+def plan_pass(uri: str, ranks: int, batch: int, expected: int, epoch: int, budget_gib: float):
     import torch
 
     from resnet_platform.train.config import TrainConfig
     from resnet_platform.train.worker_data import PlanSource
 
     config = TrainConfig(data=uri, seed=0, name="bench", batch_size=batch * ranks, num_workers=ranks,
-                         cpus_per_worker=0.5, image_size=224)  # fmt: skip
+                         cpus_per_worker=0.5, image_size=224, ingest_object_store_gib=budget_gib)  # fmt: skip
     source = PlanSource.open(config)
     its = [
         source.batches(config, torch.device("cpu"), epoch=epoch, start=0, rank=r, world=ranks)
@@ -143,6 +143,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32, help="per rank")
     p.add_argument("--shard-size-mb", type=float, default=16.0)
     p.add_argument("--workdir", default=None)
+    p.add_argument(
+        "--budget-gib",
+        type=float,
+        default=0.25,
+        help="read-ahead object-store budget of both schemes (--ingest-object-store-gib): small, "
+        "so neither decodes the whole epoch ahead and the steady state is the pipeline's rate",
+    )
     a = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

@@ -21,14 +21,15 @@ from resnet_platform.train.runner import run_training
 from resnet_platform.train.worker_data import PlanSource
 
 
-def trained(folder: Path, epoch: int) -> dict[int, int]:
+def trained(folder: Path, epoch: int, start: int | None = None) -> dict[int, int]:
     """Plan position -> sample id of everything the run's ranks trained in ``epoch`` (a position
-    met twice fails the test: no sample may be trained twice in one epoch)."""
+    met twice fails the test: no sample may be trained twice in one epoch); ``start``: only the
+    streams that began at that position (one group start's)."""
     out: dict[int, int] = {}
     for path in sorted(folder.glob("rank-*.jsonl")):
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            if row["epoch"] != epoch:
+            if row["epoch"] != epoch or (start is not None and row["start"] != start):
                 continue
             for position, sample in zip(row["positions"], row["samples"], strict=True):
                 assert position not in out, f"position {position} of epoch {epoch} trained twice"
@@ -78,3 +79,44 @@ def test_an_interrupted_epoch_resumed_on_fewer_workers_trains_each_sample_once(
     # Epoch 1 was not interrupted: the two workers trained the whole permutation but the tail.
     whole = trained(first, 0)
     assert len(whole) == n - n % 2 and len(set(whole.values())) == len(whole)
+
+
+def starts(folder: Path, epoch: int) -> list[int]:
+    """The positions the streams of ``epoch`` began at, one per group start, in order."""
+    found = []
+    for line in (folder / "rank-0.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["epoch"] == epoch and row["start"] not in found:
+            found.append(row["start"])
+    return found
+
+
+@pytest.mark.slow
+def test_a_worker_killed_without_notice_resumes_from_its_step_checkpoint_training_each_sample_once(
+    digits_shards, ray_local, tmp_path
+):
+    """Rank 1 dies 8 steps into epoch 2 (no notice, no checkpoint of its own); step checkpoints
+    every 3 steps are the only mid-epoch state. The restarted group continues at the position of
+    the latest registered step checkpoint: epoch 2's samples are the plan's permutation, each once."""
+    trace = tmp_path / "trace"
+    config = small_config(
+        digits_shards, tmp_path, name="killed", epochs=2, batch_size=64, augmentation="rrc", num_workers=2,
+        max_failures=1, checkpoint_every_steps=3, trace_samples=str(trace),
+        fault=FaultInjection(epoch=1, step=8, kind="exit", rank=1, marker=str(tmp_path / "killed-once")),
+    )  # fmt: skip
+    outcome = run_training(config)
+    assert (tmp_path / "killed-once").exists(), "the worker was never killed"
+    first, resumed_at = starts(trace, 1)
+    assert first == 0 and resumed_at > 0  # the restart did not begin the epoch again
+    stored = {
+        load_checkpoint(c)["position"]["images"]: c.name
+        for c in (tmp_path / "killed").glob("checkpoint_step_*")
+    }
+    assert resumed_at in stored, (resumed_at, stored)  # ... but at a step checkpoint's position
+    before = {p: s for p, s in trained(trace, 1, start=0).items() if p < resumed_at}
+    epoch = before | trained(trace, 1, start=resumed_at)
+    n = PreparedData.open(digits_shards).manifest.splits["train"].num_rows
+    assert sorted(epoch) == list(range(n - n % 2)) and len(set(epoch.values())) == len(epoch)
+    plan = PlanSource.open(config).plan(config, 1)
+    assert [epoch[p] for p in sorted(epoch)] == plan.order()[: len(epoch)].tolist()
+    assert int(outcome.history[1]["train_images"]) == n - n % 2
