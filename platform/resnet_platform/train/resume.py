@@ -65,6 +65,7 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "storage",
         "mlflow_run_id",
         "fault",
+        "trace_samples",
     }
 )
 
