@@ -365,3 +365,31 @@ def test_the_degradation_config_imports_no_training_stack():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_failed_trials_are_one_line_when_the_user_can_fix_them_and_keep_rays_text_otherwise(tmp_path):
+    """``paper/grid.collect_results`` on Ray's own wrapper of a trial's exception (a ``RayTaskError``
+    as Tune's ``Result.error`` holds it): a user's error becomes one line naming the trial."""
+    from types import SimpleNamespace
+
+    from ray.exceptions import RayTaskError
+
+    from resnet_platform.errors import ConfigError
+    from resnet_platform.paper.grid import TrialsFailedError, collect_results
+
+    def failed(cause: Exception, seed: int):
+        error = RayTaskError(
+            "train", "Traceback (most recent call last):\n  ...", cause
+        ).as_instanceof_cause()
+        return SimpleNamespace(error=error, config={"arch": "cifar_plain20", "seed": seed}, checkpoint=None)
+
+    user = [failed(ConfigError("--lr must be more than 0, got 0.0"), seed) for seed in (0, 1)]
+    with pytest.raises(TrialsFailedError) as caught:
+        collect_results(user, "result.json", trial_label)
+    assert str(caught.value) == (
+        "2 of 2 trials failed: plain-20 seed 0: --lr must be more than 0, got 0.0; "
+        "plain-20 seed 1: --lr must be more than 0, got 0.0"
+    )
+    with pytest.raises(RuntimeError, match="^trials failed: plain-20 seed 0: ") as caught:
+        collect_results([user[0], failed(KeyError("a bug"), 0)], "result.json", trial_label)
+    assert not isinstance(caught.value, TrialsFailedError)
