@@ -116,11 +116,11 @@ def run_degradation(cfg: DegradationConfig) -> DegradationOutcome:
 
     started = time.monotonic()
     name = cfg.name or f"degradation-{time.strftime('%Y%m%d-%H%M%S')}"
-    store = storage.absolute(cfg.storage)
+    store = storage.Location.of(storage.absolute(cfg.storage))  # resolved once: Tune's RunConfig
     data = cfg.data if cfg.data == DIGITS else storage.absolute(cfg.data)
     # What the trials will read and write into, tried before Ray starts (paper/grid.py).
     tracking_uri = open_tracking(cfg.tracking_uri, cfg.experiment) if cfg.track else None
-    cfg = replace(cfg, name=name, storage=store, data=data, tracking_uri=tracking_uri)
+    cfg = replace(cfg, name=name, storage=store.uri, data=data, tracking_uri=tracking_uri)
     source = data_source(data)
     if source == "cifar":
         from resnet_platform.data.cifar import check_cifar_source

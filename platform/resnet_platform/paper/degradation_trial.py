@@ -61,6 +61,8 @@ def train_net(cfg: DegradationConfig, arch: str, seed: int) -> SeedResult:
 
     started = time.monotonic()
     run_storage, run_name = f"{cfg.storage.rstrip('/')}/{cfg.name}", f"{arch}-seed{seed}"
+    # Resolved again here, in the trial's process: ``cfg`` is plain data (the driver's filesystem
+    # object does not travel with it), so the worker makes its own from the URI.
     fs, path = storage.resolve(run_storage)
     overrides: dict[str, Any] = dict(
         cfg.net_settings(arch, seed),

@@ -158,10 +158,11 @@ def reproduce(cfg: ReproduceConfig) -> ReproduceOutcome:
     from resnet_platform.tune import trials
 
     name = cfg.name or f"paper-{time.strftime('%Y%m%d-%H%M%S')}"
-    store, data = storage.absolute(cfg.storage), storage.absolute(cfg.data)
+    store = storage.Location.of(storage.absolute(cfg.storage))  # resolved once: Tune's RunConfig
+    data = storage.absolute(cfg.data)
     # What the trials will read and write into, tried before Ray starts (paper/grid.py).
     tracking_uri = open_tracking(cfg.tracking_uri, cfg.experiment) if cfg.track else None
-    cfg = replace(cfg, name=name, storage=store, data=data, tracking_uri=tracking_uri)
+    cfg = replace(cfg, name=name, storage=store.uri, data=data, tracking_uri=tracking_uri)
     from resnet_platform.data.cifar import check_cifar_source
 
     check_cifar_source(data)  # a bad archive fails here, naming it, not once in every trial
