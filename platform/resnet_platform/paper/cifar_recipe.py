@@ -7,6 +7,9 @@ their settings before Ray starts, and a bad value costs a second, not a trial.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from resnet_platform.models import get_spec
 from resnet_platform.train.config import TrainConfig
 
@@ -50,3 +53,8 @@ def cifar_config(
     if spec.depth >= 110:  # "0.1 is slightly too large to start converging" (section 4.2)
         values.setdefault("error_warmup_lr", 0.01)
     return TrainConfig(**values)
+
+
+def passed_through(config: object, names: Iterable[str]) -> dict[str, Any]:
+    """The settings of a paper job's ``config`` that a net's TrainConfig takes under the same name."""
+    return {name: getattr(config, name) for name in names}

@@ -11,7 +11,7 @@ from resnet_platform.errors import ConfigError
 from resnet_platform.models import get_spec
 from resnet_platform.settings import check_ranges, setting
 
-from .cifar_recipe import cifar_config
+from .cifar_recipe import cifar_config, passed_through
 from .schedule import milestones_at
 
 DIGITS = "digits"
@@ -154,18 +154,13 @@ class DegradationConfig:
     def net_settings(self, arch: str, seed: int) -> dict[str, Any]:
         """The TrainConfig fields (over ``cifar_config``'s recipe) of the net ``arch`` at ``seed``,
         less where its run is kept (storage, name, resume, tracking URI: the trial adds them)."""
+        same = ("epochs", "batch_size", "lr", "num_workers", "use_gpu", "cpus_per_worker", "experiment")
         return dict(
+            passed_through(self, same),
             arch=arch,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
             augmentation=self.resolved_augmentation,
-            num_workers=self.num_workers,
-            use_gpu=self.use_gpu,
-            cpus_per_worker=self.cpus_per_worker,
             channels_last=self.use_gpu,  # NCHW is about 30% faster for these nets on CPU threads
             seed=seed,
-            experiment=self.experiment,
             **self.warmup_overrides(),
         )
 

@@ -22,7 +22,7 @@ from resnet_platform.errors import ConfigError
 from resnet_platform.models import get_spec
 from resnet_platform.settings import check_ranges, setting
 
-from .cifar_recipe import cifar_config
+from .cifar_recipe import cifar_config, passed_through
 from .grid import collect_results, open_tracking, prepare_output
 from .responses import plot_layer_responses
 from .tables import TrialResult, degradation_summary, net_label, plot_figure6, table6_markdown
@@ -90,17 +90,8 @@ class ReproduceConfig:
     def net_settings(self, arch: str) -> dict[str, Any]:
         """The TrainConfig fields (over ``cifar_config``'s recipe) of the net ``arch``, less where its
         run is kept (storage, name, tracking URI: the trial adds them) and the epochs."""
-        return dict(
-            arch=arch,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            use_gpu=self.use_gpu,
-            cpus_per_worker=self.cpus_per_worker,
-            data_node_label=self.data_node_label,
-            data_node_resource=self.data_node_resource,
-            seed=self.seed,
-            experiment=self.experiment,
-        )
+        same = "batch_size num_workers use_gpu cpus_per_worker data_node_label data_node_resource seed experiment"
+        return dict(passed_through(self, same.split()), arch=arch)
 
 
 @dataclass
