@@ -120,9 +120,13 @@ def test_unknown_registered_model_or_alias(script, mlflow_server, tmp_path):
     assert_one_line(result, script, code=1, says="models:/nope@champion")
 
 
+@pytest.mark.slow  # three job subprocesses: about 30 s on 2 busy cores
 def test_paper_grids_refuse_what_their_trials_would_fail_on_before_ray(tmp_path):
     """Settings that hold only against the data or the file system, found by the job's body before
-    Ray starts (``paper/grid.py``): prepared data with --train-rows, an --output that is a file."""
+    Ray starts (``paper/grid.py``): prepared data with --train-rows, a CIFAR archive with a label
+    outside its classes, an --output that is a file."""
+    from fixtures.datasets import cifar_archive_with_label
+
     from resnet_platform.data.cifar import write_cifar10_archive
 
     prepared = tmp_path / "prepared"
@@ -132,6 +136,11 @@ def test_paper_grids_refuse_what_their_trials_would_fail_on_before_ray(tmp_path)
     assert_one_line(result, "degradation.py", code=2, says="--train-rows applies to the digits")
 
     archive = write_cifar10_archive(str(tmp_path / "cifar-10-python.tar.gz"), per_batch=2, test_size=2)
+    # A label outside the classes: each trial's read would refuse it (a traceback from Tune per trial).
+    relabelled = cifar_archive_with_label(archive, tmp_path / "label-12.tar.gz", 12)
+    result = run_job("degradation.py", "--data", str(relabelled), "--no-mlflow")
+    assert_one_line(result, "degradation.py", code=1, says="label 12 outside [0, 10)")
+
     taken = tmp_path / "a-file"
     taken.write_text("not a folder")
     result = run_job("reproduce_paper.py", "--data", archive, "--output", str(taken), "--no-mlflow")

@@ -59,7 +59,7 @@ from .degradation_report import (
     write_outputs,
 )
 from .degradation_trial import RESULT_FILE, SeedResult, degradation_trial, in_memory_data, train_net
-from .grid import collect_results, open_tracking, prepare_output
+from .grid import check_cifar, check_prepared, collect_results, open_tracking, prepare_output
 from .tables import net_label
 
 __all__ = [
@@ -123,11 +123,13 @@ def run_degradation(cfg: DegradationConfig) -> DegradationOutcome:
     cfg = replace(cfg, name=name, storage=store.uri, data=data, tracking_uri=tracking_uri)
     source = data_source(data)
     if source == "cifar":
-        from resnet_platform.data.cifar import check_cifar_source
-
-        check_cifar_source(data)  # a bad archive fails here, naming it, not once in every trial
-    elif source == "prepared" and cfg.train_rows is not None:
-        raise ConfigError("--train-rows applies to the digits and CIFAR archives, not to prepared data sets")
+        check_cifar(data)
+    elif source == "prepared":
+        if cfg.train_rows is not None:
+            raise ConfigError(
+                "--train-rows applies to the digits and CIFAR archives, not to prepared data sets"
+            )
+        check_prepared(data)
     prepare_output(cfg.output)
     ensure_ray()
     tuner = tune.Tuner(

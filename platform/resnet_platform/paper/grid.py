@@ -36,6 +36,24 @@ def prepare_output(output: str) -> Path:
     return out
 
 
+def check_cifar(data: str) -> None:
+    """Read the CIFAR-10 archive or folder whole on the driver, labels included: what each trial's
+    read would refuse (a missing batch, a label outside the classes) fails once, here, naming it,
+    for a few seconds of reading, not in every trial after Ray started."""
+    from resnet_platform.data.cifar import read_cifar10
+
+    read_cifar10(data)
+
+
+def check_prepared(data: str) -> None:
+    """A prepared data set's manifest, splits and label range, checked on the driver as a training
+    run's driver checks them (footers only), before the trials do it each."""
+    from resnet_platform.data.checks import check_prepared_data
+    from resnet_platform.data.manifest import read_manifest
+
+    check_prepared_data(data, read_manifest(data))
+
+
 def open_tracking(tracking_uri: str | None, experiment: str) -> str:
     """The resolved tracking URI, with the store and ``experiment`` created now (before trials that
     log into them start together); a server that does not answer is one line naming it."""

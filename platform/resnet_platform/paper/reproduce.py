@@ -23,7 +23,7 @@ from resnet_platform.models import get_spec
 from resnet_platform.settings import check_ranges, setting
 
 from .cifar_recipe import cifar_config, passed_through
-from .grid import collect_results, open_tracking, prepare_output
+from .grid import check_cifar, collect_results, open_tracking, prepare_output
 from .responses import plot_layer_responses
 from .tables import TrialResult, degradation_summary, net_label, plot_figure6, table6_markdown
 
@@ -154,9 +154,7 @@ def reproduce(cfg: ReproduceConfig) -> ReproduceOutcome:
     # What the trials will read and write into, tried before Ray starts (paper/grid.py).
     tracking_uri = open_tracking(cfg.tracking_uri, cfg.experiment) if cfg.track else None
     cfg = replace(cfg, name=name, storage=store.uri, data=data, tracking_uri=tracking_uri)
-    from resnet_platform.data.cifar import check_cifar_source
-
-    check_cifar_source(data)  # a bad archive fails here, naming it, not once in every trial
+    check_cifar(data)
     prepare_output(cfg.output)
     ensure_ray()
     tuner = tune.Tuner(
