@@ -77,11 +77,11 @@ class Manifest:
 
 
 def read_text(uri: str) -> str | None:
-    return _read_at(*resolve(uri))
+    return read_text_at(*resolve(uri))
 
 
-def _read_at(fs: pafs.FileSystem, path: str) -> str | None:
-    """The file at ``path`` on ``fs`` as text; None when there is none."""
+def read_text_at(fs: pafs.FileSystem, path: str) -> str | None:
+    """The file at ``path`` on ``fs`` (a URI resolved already) as text; None when there is none."""
     try:
         with fs.open_input_stream(path) as f:
             return f.read().decode()
@@ -118,7 +118,7 @@ def read_manifest(uri: str) -> Manifest:
 def manifest_at(data: Location) -> Manifest:
     """The manifest of the prepared data set at ``data`` (already resolved), or
     :class:`DatasetNotReadyError` naming its URI."""
-    text = _read_at(data.fs, join(data.path, MANIFEST_NAME))
+    text = read_text_at(data.fs, join(data.path, MANIFEST_NAME))
     if text is None:
         raise DatasetNotReadyError(
             f"{data.uri}: no {MANIFEST_NAME}: incomplete or not prepared (run jobs/prepare_imagenet.py)"

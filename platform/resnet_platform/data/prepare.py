@@ -46,11 +46,11 @@ from resnet_platform.data.manifest import (
     Manifest,
     ShardInfo,
     SplitManifest,
-    read_text,
+    read_text_at,
     write_manifest,
     write_text_atomic,
 )
-from resnet_platform.storage import check_reachable, join, resolve
+from resnet_platform.storage import Location, check_reachable, join, resolve
 
 log = logging.getLogger(__name__)
 
@@ -257,25 +257,27 @@ def read_source(path: str, *, attempts: int = READ_ATTEMPTS, backoff_s: float = 
     raise AssertionError("unreachable")
 
 
-def completed_shard(output: str, spec: ShardSpec) -> dict | None:
-    """The sidecar of ``spec`` when that shard is complete with the same inputs, else None.
+def completed_shard(output: Location, spec: ShardSpec) -> dict | None:
+    """The sidecar of ``spec`` when that shard is complete with the same inputs, else None. On the
+    driver, for every shard: ``output`` is resolved once by the caller.
 
     Checks the shard's size only: its checksum is checked by ``verified_shard`` (a full read)."""
-    text = read_text(_sidecar_uri(output, spec))
+    sidecar = output.child("_progress", spec.name + ".json")
+    text = read_text_at(output.fs, sidecar.path)
     if text is None:
         return None
     record = json.loads(text)
     if record.get("fingerprint") != spec.fingerprint():
         return None
-    fs, path = resolve(join(output, spec.path))
-    info = fs.get_file_info(path)
+    info = output.fs.get_file_info(output.child(spec.path).path)
     if info.type != pafs.FileType.File or info.size != record["shard"]["bytes"]:
         return None
     return record
 
 
 def verified_shard(output: str, record: dict) -> bool:
-    """Whether the shard a sidecar describes still has the recorded size and sha256."""
+    """Whether the shard a sidecar describes still has the recorded size and sha256. A Ray task:
+    it gets the output's URI and resolves it in its own process (as ``write_shard`` does)."""
     size, digest = file_sha256(join(output, record["shard"]["path"]))
     return size == record["shard"]["bytes"] and digest == record["shard"]["sha256"]
 
@@ -503,12 +505,12 @@ def _kept_shards(output: str, candidates: dict[str, dict]) -> dict[str, dict]:
     return kept
 
 
-def _drop_manifest(output: str) -> None:
+def _drop_manifest(output: Location) -> None:
     """Delete the manifest before any shard changes: a data set is complete only while it has one, and
     until the new one lands it is not."""
-    fs, path = resolve(join(output, MANIFEST_NAME))
-    if fs.get_file_info(path).type == pafs.FileType.File:
-        fs.delete_file(path)
+    path = output.child(MANIFEST_NAME).path
+    if output.fs.get_file_info(path).type == pafs.FileType.File:
+        output.fs.delete_file(path)
 
 
 def build_manifest(config: PrepareConfig, plan: DatasetPlan, records: dict[str, dict]) -> Manifest:
@@ -542,14 +544,15 @@ def prepare_imagenet(
     check_reachable(config.output)
     plan = plan_dataset(config)
     specs = plan.specs
-    candidates = {spec.name: r for spec in specs if (r := completed_shard(config.output, spec)) is not None}
+    output = Location.of(config.output)  # the driver's reads below it; the Ray tasks get the URI
+    candidates = {spec.name: r for spec in specs if (r := completed_shard(output, spec)) is not None}
     with _ray_for_shards(config.num_cpus):
         records = _kept_shards(config.output, candidates)
         reused = len(records)
         todo = [spec for spec in specs if spec.name not in records]
         log.info("%d shards planned, %d already complete, %d to write", len(specs), reused, len(todo))
         if todo:
-            _drop_manifest(config.output)
+            _drop_manifest(output)
             _write_shards(config, specs, todo, records, on_shard)
     unread = [u for spec in specs for u in records[spec.name].get("unread", [])]
     manifest = build_manifest(config, plan, records)
