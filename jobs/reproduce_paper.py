@@ -39,9 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check(args: argparse.Namespace) -> ReproduceConfig:
-    config = ReproduceConfig(track=not args.no_mlflow, **values_from_args(args, ReproduceConfig))
-    config.archs  # noqa: B018  (unknown depths fail here)
-    return config
+    """Building the config checks every setting and each net's training config (before Ray)."""
+    return ReproduceConfig(track=not args.no_mlflow, **values_from_args(args, ReproduceConfig))
 
 
 def run(args: argparse.Namespace, config: ReproduceConfig) -> None:

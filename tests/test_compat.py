@@ -211,13 +211,20 @@ def test_ray_data_console_is_quieted_in_this_process():
     # Still needed: Ray Data's own console handler prints INFO and bypasses the root logger.
     assert DEFAULT_CONFIG["handlers"]["console"]["level"] == "INFO"
     assert DEFAULT_CONFIG["loggers"]["ray.data"]["propagate"] is False
+    from ray._private.log import PlainRayHandler
+
+    # A handler someone else put on the non-propagating logger, shared with the root logger (as a
+    # user's log config does, and pytest's caplog): it keeps its level, so INFO lines elsewhere stay.
+    theirs = logging.Handler(logging.INFO)
+    logging.getLogger("ray.data").addHandler(theirs)
     handlers = logging.getLogger("ray.data").handlers
     saved = [(h.level, list(h.filters)) for h in handlers]
     try:
         _compat.quiet_ray_data_console()
-        consoles = [h for h in handlers if not isinstance(h, SessionFileHandler)]
+        consoles = [h for h in handlers if type(h) is PlainRayHandler]
         assert consoles and all(h.level == logging.WARNING for h in consoles)
         assert all(h.level == 0 for h in handlers if isinstance(h, SessionFileHandler))  # files keep all
+        assert theirs.level == logging.INFO
         notice = logging.LogRecord(
             "ray.data", logging.WARNING, "", 0, "Progress bars disabled. To enable", None, None
         )
@@ -226,6 +233,7 @@ def test_ray_data_console_is_quieted_in_this_process():
         for h, (level, filters) in zip(handlers, saved, strict=True):
             h.setLevel(level)
             h.filters[:] = filters
+        logging.getLogger("ray.data").removeHandler(theirs)
     # The notice filtered out is still Ray Data's own wording.
     from ray.data._internal import progress
 

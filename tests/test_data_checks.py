@@ -226,19 +226,10 @@ def test_cifar_files_that_are_not_a_whole_archive_get_one_line_each(tmp_path):
 
 
 def test_cifar_labels_outside_the_classes_are_refused(tmp_path):
-    import pickle
+    from fixtures.datasets import cifar_archive_with_label
 
     good = Path(write_cifar10_archive(str(tmp_path / "cifar-10-python.tar.gz"), per_batch=4, test_size=4))
-    bad = tmp_path / "bad-labels.tar.gz"
-    with tarfile.open(good, "r:gz") as src, tarfile.open(bad, "w:gz") as dst:
-        for m in src.getmembers():
-            blob = src.extractfile(m).read()
-            if m.name.endswith("data_batch_2"):
-                batch = pickle.loads(blob, encoding="bytes")
-                batch[b"labels"][1] = 12
-                blob = pickle.dumps(batch, protocol=2)
-                m.size = len(blob)
-            dst.addfile(m, io.BytesIO(blob))
+    bad = cifar_archive_with_label(good, tmp_path / "bad-labels.tar.gz", 12)
     with pytest.raises(LabelOutOfRangeError, match=f"{bad}: training batches: label 12 outside"):
         read_cifar10(str(bad))
 

@@ -281,13 +281,8 @@ def test_degradation_job_at_a_tiny_budget(tmp_path, ray_local, mlflow_server, ca
     Ray (2 CPUs); 4 nets at once."""
     from mlflow import MlflowClient
 
-    # The job's trial lines, read on their own logger (a handler of its own, whatever the job does to
-    # the root logger's handlers and levels).
-    trial_logger = logging.getLogger("resnet_platform.tune.trials")
-    records: list[logging.LogRecord] = []
-    catch = logging.Handler(logging.INFO)
-    catch.emit = records.append
-    trial_logger.addHandler(catch)
+    # Through the root logger, as a user's own log config would receive them (pytest's capture
+    # handler is also on the non-propagating "ray.data" logger: _compat must leave its level alone).
     caplog.set_level(logging.INFO, logger="resnet_platform.tune.trials")
     out = tmp_path / "out"
     rc = load_job().main(
@@ -301,8 +296,7 @@ def test_degradation_job_at_a_tiny_budget(tmp_path, ray_local, mlflow_server, ca
     assert rc == 0
     printed = capsys.readouterr()
     assert "Trial status" not in printed.out + printed.err  # Tune's tables are off without --verbose
-    trial_logger.removeHandler(catch)
-    lines = [r.getMessage() for r in records]
+    lines = [r.getMessage() for r in caplog.records if r.name == "resnet_platform.tune.trials"]
     for label in LABELS:
         assert f"{label} seed 0: started" in lines
         assert any(line.startswith(f"{label} seed 0: training error ") for line in lines), lines
@@ -365,3 +359,31 @@ def test_the_degradation_config_imports_no_training_stack():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_failed_trials_are_one_line_when_the_user_can_fix_them_and_keep_rays_text_otherwise(tmp_path):
+    """``paper/grid.collect_results`` on Ray's own wrapper of a trial's exception (a ``RayTaskError``
+    as Tune's ``Result.error`` holds it): a user's error becomes one line naming the trial."""
+    from types import SimpleNamespace
+
+    from ray.exceptions import RayTaskError
+
+    from resnet_platform.errors import ConfigError
+    from resnet_platform.paper.grid import TrialsFailedError, collect_results
+
+    def failed(cause: Exception, seed: int):
+        error = RayTaskError(
+            "train", "Traceback (most recent call last):\n  ...", cause
+        ).as_instanceof_cause()
+        return SimpleNamespace(error=error, config={"arch": "cifar_plain20", "seed": seed}, checkpoint=None)
+
+    user = [failed(ConfigError("--lr must be more than 0, got 0.0"), seed) for seed in (0, 1)]
+    with pytest.raises(TrialsFailedError) as caught:
+        collect_results(user, "result.json", trial_label)
+    assert str(caught.value) == (
+        "2 of 2 trials failed: plain-20 seed 0: --lr must be more than 0, got 0.0; "
+        "plain-20 seed 1: --lr must be more than 0, got 0.0"
+    )
+    with pytest.raises(RuntimeError, match="^trials failed: plain-20 seed 0: ") as caught:
+        collect_results([user[0], failed(KeyError("a bug"), 0)], "result.json", trial_label)
+    assert not isinstance(caught.value, TrialsFailedError)

@@ -67,6 +67,12 @@ def assert_one_line(result: subprocess.CompletedProcess, script: str, *, code: i
             "--shard-size-mb",
         ),
         ("model_summary.py", ["--archs", "resnet51"], 2, "unknown architecture 'resnet51'"),
+        # The paper grids build every net's training config up front: what a trial would refuse in
+        # its Ray worker (a plain ValueError, then "trials failed" and a traceback) stops here.
+        ("degradation.py", ["--lr", "0"], 2, "--lr must be more than 0"),
+        ("degradation.py", ["--batch-size", "100", "--num-workers", "3"], 2, "does not divide evenly"),
+        ("reproduce_paper.py", ["--data", "unused", "--families", "resnet,wide"], 2, "--families"),
+        ("reproduce_paper.py", ["--data", "unused", "--epochs", "0"], 2, "--epochs must be at least 1"),
     ],
     ids=lambda v: v if isinstance(v, str) and v.endswith(".py") else None,
 )
@@ -112,3 +118,40 @@ def test_unknown_registered_model_or_alias(script, mlflow_server, tmp_path):
     }[script]
     result = run_job(script, "--model", "models:/nope@champion", "--tracking-uri", mlflow_server.uri, *args)
     assert_one_line(result, script, code=1, says="models:/nope@champion")
+
+
+@pytest.mark.slow  # three job subprocesses: about 30 s on 2 busy cores
+def test_paper_grids_refuse_what_their_trials_would_fail_on_before_ray(tmp_path):
+    """Settings that hold only against the data or the file system, found by the job's body before
+    Ray starts (``paper/grid.py``): prepared data with --train-rows, a CIFAR archive with a label
+    outside its classes, an --output that is a file."""
+    from fixtures.datasets import cifar_archive_with_label
+
+    from resnet_platform.data.cifar import write_cifar10_archive
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "manifest.json").write_text("{}")
+    result = run_job("degradation.py", "--data", str(prepared), "--train-rows", "8", "--no-mlflow")
+    assert_one_line(result, "degradation.py", code=2, says="--train-rows applies to the digits")
+
+    archive = write_cifar10_archive(str(tmp_path / "cifar-10-python.tar.gz"), per_batch=2, test_size=2)
+    # A label outside the classes: each trial's read would refuse it (a traceback from Tune per trial).
+    relabelled = cifar_archive_with_label(archive, tmp_path / "label-12.tar.gz", 12)
+    result = run_job("degradation.py", "--data", str(relabelled), "--no-mlflow")
+    assert_one_line(result, "degradation.py", code=1, says="label 12 outside [0, 10)")
+
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    result = run_job("reproduce_paper.py", "--data", archive, "--output", str(taken), "--no-mlflow")
+    assert_one_line(result, "reproduce_paper.py", code=1, says=f"--output {taken}: cannot make the folder")
+
+
+@pytest.mark.slow  # the job's imports and MLflow's bounded retries: about 10 s
+@pytest.mark.parametrize("script", ["degradation.py", "reproduce_paper.py"])
+def test_paper_grids_refuse_a_tracking_server_that_does_not_answer(script):
+    """The grid's store and experiment are made on the driver before Ray starts (``paper/grid.py``):
+    a dead server is one line there, not a failure in every trial."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = run_job(script, "--data", "unused", "--tracking-uri", dead)
+    assert_one_line(result, script, code=1, says=f"MLflow at {dead} is not answering")

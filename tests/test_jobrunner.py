@@ -50,6 +50,14 @@ def test_statuses_and_one_line(capsys):
         ["probe.py: error: /data: no manifest.json (run jobs/prepare_imagenet.py)"],
     )
 
+    def inconsistent(args, n):  # settings found wrong against the data, after the configuration
+        raise ConfigError("--train-rows applies to the digits")
+
+    assert exit_of(inconsistent, capsys=capsys) == (
+        2,
+        ["probe.py: error: --train-rows applies to the digits"],
+    )
+
     def bug(args, n):
         raise RuntimeError("a bug keeps its traceback")
 

@@ -157,7 +157,7 @@ WORKAROUNDS: dict[str, Workaround] = {
         "Ray Data configures its own 'ray.data' logger when imported, in every process (a console "
         "handler at INFO that does not propagate): execution plans, 'Starting execution', 'execution "
         "finished' per dataset and epoch. Its only knob is a YAML file named by RAY_DATA_LOGGING_CONFIG "
-        "(a path on every node); this lowers the console handler's level in the running process.",
+        "(a path on every node); this lowers its console handler's level in the running process.",
     ),
     "hide_training_function_traceback": Workaround(
         "ray",
@@ -382,12 +382,17 @@ class _NoProgressBarNotice(logging.Filter):
 
 def quiet_ray_data_console(level: int = logging.WARNING) -> None:
     """Ray Data's console lines from ``level`` up in this process, without its notice that progress
-    bars are off (its log file keeps everything)."""
+    bars are off (its log file keeps everything).
+
+    Only Ray Data's own console handler (the ``PlainRayHandler`` its logging config makes): because
+    "ray.data" does not propagate, others attach their handlers to it too (a user's log config,
+    pytest's caplog attaches the root logger's capture handler to every non-propagating logger), and
+    lowering those would silence the platform's INFO lines everywhere."""
     import ray.data  # noqa: F401  (configures the "ray.data" logger)
-    from ray.data._internal.logging import SessionFileHandler
+    from ray._private.log import PlainRayHandler
 
     for handler in logging.getLogger("ray.data").handlers:
-        if not isinstance(handler, SessionFileHandler):
+        if type(handler) is PlainRayHandler:
             handler.setLevel(level)
             if not any(isinstance(f, _NoProgressBarNotice) for f in handler.filters):
                 handler.addFilter(_NoProgressBarNotice())

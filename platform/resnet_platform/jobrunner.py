@@ -16,7 +16,9 @@
    0         done (or the job's own status, e.g. the sweep's 3: interrupted, rerun with --resume)
    1         a :class:`~resnet_platform.errors.UserError`: missing or unprepared data, an unknown
              registered model or alias, unreachable storage or tracking, a run that already exists
-   2         a setting out of range or inconsistent (as argparse does for an unknown flag)
+   2         a setting out of range or inconsistent (as argparse does for an unknown flag): a
+             ``ValueError`` while the configuration is built, or a
+             :class:`~resnet_platform.errors.ConfigError` wherever the job finds it
    130/143   stopped by SIGINT / SIGTERM (128 + the signal's number)
    ========  ===================================================================================
 
@@ -36,7 +38,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from resnet_platform.console import add_verbose_flag, configure_output
-from resnet_platform.errors import UserError, one_line
+from resnet_platform.errors import ConfigError, UserError, one_line
 from resnet_platform.stopping import Stopped, stop_handlers, stop_signal
 
 C = TypeVar("C")
@@ -76,8 +78,10 @@ def run_job(
             signum = stop.signum if isinstance(stop, Stopped) else stop_signal() or signal.SIGINT
             name = signal.Signals(signum).name
             parser.exit(128 + signum, f"{parser.prog}: stopped by {name}\n")
-        except UserError as err:
-            _exit(parser, EXIT_USER_ERROR, err, verbose)
+        except UserError as err:  # a ConfigError found by the body (settings against the data): 2 too
+            _exit(
+                parser, EXIT_BAD_SETTINGS if isinstance(err, ConfigError) else EXIT_USER_ERROR, err, verbose
+            )
     return 0 if status is None else int(status)
 
 

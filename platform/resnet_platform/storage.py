@@ -130,6 +130,27 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
+@dataclass(frozen=True)
+class Location:
+    """A URI resolved once: the URI (for messages and for whatever runs elsewhere), its filesystem
+    and the path inside it. Where a URI enters a job (its configuration, the prepared data) it is
+    resolved into one of these and handed down; a place below it takes a sub-location with
+    :meth:`child` rather than joining and resolving the URI again. Driver-side: a Ray worker gets
+    the URI in its plain-data config and resolves it in its own process, with its own credentials."""
+
+    uri: str
+    fs: pafs.FileSystem
+    path: str
+
+    @classmethod
+    def of(cls, uri: str) -> Location:
+        fs, path = resolve(uri)
+        return cls(str(uri), fs, path)
+
+    def child(self, *parts: str) -> Location:
+        return Location(join(self.uri, *parts), self.fs, join(self.path, *parts))
+
+
 def absolute(uri: str) -> str:
     """A local path made absolute (Ray workers and Tune trials run in other directories); a URI
     (``s3://``, ``file://``, ...) unchanged."""

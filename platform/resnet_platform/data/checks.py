@@ -13,13 +13,14 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
 from resnet_platform.data.manifest import Manifest
 from resnet_platform.data.skip_ledger import ledger_name, skip_summary, unlocated_keys
 from resnet_platform.errors import UserError, one_line
-from resnet_platform.storage import resolve
+from resnet_platform.storage import Location, resolve
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit, 89,478,485
 DEFAULT_MAX_SKIPPED_FRACTION = 0.001
@@ -63,10 +64,9 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         raise LabelOutOfRangeError(f"{where}: label {bad} outside [0, {num_classes}) ({num_classes} classes)")
 
 
-def _label_range(uri: str) -> tuple[int, int] | None:
+def _label_range(fs: pafs.FileSystem, path: str) -> tuple[int, int] | None:
     """(min, max) label of one shard from its footer's row-group statistics; the label column
     itself when a writer left no statistics. None for a shard without rows."""
-    fs, path = resolve(uri)
     meta = pq.read_metadata(path, filesystem=fs)
     col = meta.schema.names.index("label")
     lo = hi = None
@@ -86,9 +86,12 @@ def _label_range(uri: str) -> tuple[int, int] | None:
 def check_label_range(uri: str, manifest: Manifest, splits: Iterable[str] = ("train", "val")) -> None:
     """Every shard's labels lie inside the manifest's class count (footer reads, in parallel)."""
     n = manifest.num_classes
+    data = Location.of(uri)  # resolved once; each shard is a path below it
     shard_uris = [u for split in splits for u in manifest.shard_uris(uri, split)]
+    paths = [p for split in splits for p in manifest.shard_uris(data.path, split)]
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
-        for shard, rng in zip(shard_uris, pool.map(_label_range, shard_uris), strict=True):
+        ranges = pool.map(lambda path: _label_range(data.fs, path), paths)
+        for shard, rng in zip(shard_uris, ranges, strict=True):
             if rng is not None and (rng[0] < 0 or rng[1] >= n):
                 bad = rng[1] if rng[1] >= n else rng[0]
                 raise LabelOutOfRangeError(

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow.fs as pafs
 
 from resnet_platform.errors import UserError
-from resnet_platform.storage import join, resolve
+from resnet_platform.storage import Location, join, resolve
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -77,7 +77,11 @@ class Manifest:
 
 
 def read_text(uri: str) -> str | None:
-    fs, path = resolve(uri)
+    return read_text_at(*resolve(uri))
+
+
+def read_text_at(fs: pafs.FileSystem, path: str) -> str | None:
+    """The file at ``path`` on ``fs`` (a URI resolved already) as text; None when there is none."""
     try:
         with fs.open_input_stream(path) as f:
             return f.read().decode()
@@ -108,10 +112,16 @@ def write_text_atomic(uri: str, text: str) -> None:
 
 
 def read_manifest(uri: str) -> Manifest:
-    text = read_text(join(uri, MANIFEST_NAME))
+    return manifest_at(Location.of(uri))
+
+
+def manifest_at(data: Location) -> Manifest:
+    """The manifest of the prepared data set at ``data`` (already resolved), or
+    :class:`DatasetNotReadyError` naming its URI."""
+    text = read_text_at(data.fs, join(data.path, MANIFEST_NAME))
     if text is None:
         raise DatasetNotReadyError(
-            f"{uri}: no {MANIFEST_NAME}: incomplete or not prepared (run jobs/prepare_imagenet.py)"
+            f"{data.uri}: no {MANIFEST_NAME}: incomplete or not prepared (run jobs/prepare_imagenet.py)"
         )
     return Manifest.from_dict(json.loads(text))
 
@@ -130,8 +140,12 @@ class PreparedData:
     @classmethod
     def open(cls, uri: str) -> PreparedData:
         """Resolve ``uri`` and read its manifest (:class:`DatasetNotReadyError` when there is none)."""
-        fs, root = resolve(uri)
-        return cls(uri, fs, root, read_manifest(uri))
+        data = Location.of(uri)
+        return cls(uri, data.fs, data.path, manifest_at(data))
+
+    def shard_paths(self, split: str) -> list[str]:
+        """The split's shards as paths on :attr:`fs` (no URI resolved again per shard)."""
+        return self.manifest.shard_uris(self.root, split)
 
 
 def write_manifest(uri: str, manifest: Manifest) -> None:

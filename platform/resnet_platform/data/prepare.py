@@ -46,11 +46,11 @@ from resnet_platform.data.manifest import (
     Manifest,
     ShardInfo,
     SplitManifest,
-    read_text,
+    read_text_at,
     write_manifest,
     write_text_atomic,
 )
-from resnet_platform.storage import check_reachable, join, resolve
+from resnet_platform.storage import Location, check_reachable, join, resolve
 
 log = logging.getLogger(__name__)
 
@@ -257,25 +257,27 @@ def read_source(path: str, *, attempts: int = READ_ATTEMPTS, backoff_s: float = 
     raise AssertionError("unreachable")
 
 
-def completed_shard(output: str, spec: ShardSpec) -> dict | None:
-    """The sidecar of ``spec`` when that shard is complete with the same inputs, else None.
+def completed_shard(output: Location, spec: ShardSpec) -> dict | None:
+    """The sidecar of ``spec`` when that shard is complete with the same inputs, else None. On the
+    driver, for every shard: ``output`` is resolved once by the caller.
 
     Checks the shard's size only: its checksum is checked by ``verified_shard`` (a full read)."""
-    text = read_text(_sidecar_uri(output, spec))
+    sidecar = output.child("_progress", spec.name + ".json")
+    text = read_text_at(output.fs, sidecar.path)
     if text is None:
         return None
     record = json.loads(text)
     if record.get("fingerprint") != spec.fingerprint():
         return None
-    fs, path = resolve(join(output, spec.path))
-    info = fs.get_file_info(path)
+    info = output.fs.get_file_info(output.child(spec.path).path)
     if info.type != pafs.FileType.File or info.size != record["shard"]["bytes"]:
         return None
     return record
 
 
 def verified_shard(output: str, record: dict) -> bool:
-    """Whether the shard a sidecar describes still has the recorded size and sha256."""
+    """Whether the shard a sidecar describes still has the recorded size and sha256. A Ray task:
+    it gets the output's URI and resolves it in its own process (as ``write_shard`` does)."""
     size, digest = file_sha256(join(output, record["shard"]["path"]))
     return size == record["shard"]["bytes"] and digest == record["shard"]["sha256"]
 
@@ -434,99 +436,141 @@ def _write_shards(
                 pass
 
 
-def prepare_imagenet(
-    config: PrepareConfig, *, on_shard: Callable[[ShardInfo], None] | None = None
-) -> PrepareSummary:
-    """Prepare ``config.source`` into ``config.output``; rerun to resume. ``on_shard`` sees each shard
-    as it completes (progress reporting; the tests use it to interrupt a run)."""
-    import ray
+@dataclass
+class DatasetPlan:
+    """What a preparation will write: the splits found, the classes (sorted WordNet ids, the
+    standard index order) with their names, and every split's shards."""
 
-    t0 = time.monotonic()
-    check_reachable(config.output)
+    sources: dict[str, SplitSource]
+    classes: list[str]
+    names: dict[str, str]
+    plans: dict[str, list[ShardSpec]]
+
+    @property
+    def specs(self) -> list[ShardSpec]:
+        return [spec for plan in self.plans.values() for spec in plan]
+
+
+def plan_dataset(config: PrepareConfig) -> DatasetPlan:
+    """Read the source's layout and plan every split's shards, writing nothing and starting no Ray:
+    the plan is deterministic, so a rerun plans the same shards and finds which are done."""
     sources = {s: discover_split(config.source, s) for s in config.splits}
     for s in sources.values():
         log.info("%s: found %s (%d files)", s.split, s.layout, len(s.images))
     classes = sorted(
         set(train_wnids(config.source)) | {im.wnid for s in sources.values() for im in s.images if im.wnid}
     )
-    names = read_class_names(config.source)
     shard_bytes = int(config.shard_size_mb * 2**20)
     plans = {
         s: plan_shards(src, classes, shard_bytes, config.max_side, config.quality, config.max_image_pixels)
         for s, src in sources.items()
     }
-    specs = [spec for plan in plans.values() for spec in plan]
-    candidates: dict[str, dict] = {}
-    for spec in specs:
-        record = completed_shard(config.output, spec)
-        if record is not None:
-            candidates[spec.name] = record
-    records: dict[str, dict] = {}
-    unread: list[dict] = []
-    started_ray = not ray.is_initialized()
-    if started_ray:  # the job's rules: quiet workers, its stop handlers (console.ensure_ray)
+    return DatasetPlan(sources, classes, read_class_names(config.source), plans)
+
+
+@contextmanager
+def _ray_for_shards(num_cpus: int | None) -> Iterator[None]:
+    """Ray for the shard tasks: a caller's Ray is used and left running; otherwise the job's own
+    (``console.ensure_ray``: quiet workers, its stop handlers) is started and shut down after."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
         from resnet_platform.console import ensure_ray
 
-        ensure_ray(num_cpus=config.num_cpus, configure_logging=False, log_to_driver=False)
+        ensure_ray(num_cpus=num_cpus, configure_logging=False, log_to_driver=False)
     try:
-        # Shards complete by their sidecar are kept only if their bytes still match its checksum.
-        verify = ray.remote(num_cpus=1)(verified_shard)
-        checks = {name: verify.remote(config.output, record) for name, record in candidates.items()}
-        for name, ref in checks.items():
-            if ray.get(ref):
-                records[name] = candidates[name]
-            else:
-                log.warning(
-                    "%s: checksum mismatch, rewriting it",
-                    join(config.output, candidates[name]["shard"]["path"]),
-                )
-        repaired = len(candidates) - len(records)
-        todo = [spec for spec in specs if spec.name not in records]
-        reused = len(records)
-        log.info("%d shards planned, %d already complete, %d to write", len(specs), reused, len(todo))
-        if todo:
-            fs, path = resolve(join(config.output, MANIFEST_NAME))
-            if fs.get_file_info(path).type == pafs.FileType.File:
-                fs.delete_file(path)  # the data set changes: it is incomplete until the new manifest lands
-            _write_shards(config, specs, todo, records, on_shard)
+        yield
     finally:
-        if started_ray:
+        if started:
             ray.shutdown()
-    for spec in specs:
-        unread += records[spec.name].get("unread", [])
 
+
+def _kept_shards(output: str, candidates: dict[str, dict]) -> dict[str, dict]:
+    """Of the shards complete by their sidecar (``candidates``), those whose bytes still match its
+    checksum, read back in Ray tasks in parallel: a sidecar vouches for a size, not for the bytes, so
+    a shard with a flipped byte is rewritten rather than trusted."""
+    import ray
+
+    verify = ray.remote(num_cpus=1)(verified_shard)
+    checks = {name: verify.remote(output, record) for name, record in candidates.items()}
+    kept = {}
+    for name, ref in checks.items():
+        if ray.get(ref):
+            kept[name] = candidates[name]
+        else:
+            log.warning(
+                "%s: checksum mismatch, rewriting it", join(output, candidates[name]["shard"]["path"])
+            )
+    return kept
+
+
+def _drop_manifest(output: Location) -> None:
+    """Delete the manifest before any shard changes: a data set is complete only while it has one, and
+    until the new one lands it is not."""
+    path = output.child(MANIFEST_NAME).path
+    if output.fs.get_file_info(path).type == pafs.FileType.File:
+        output.fs.delete_file(path)
+
+
+def build_manifest(config: PrepareConfig, plan: DatasetPlan, records: dict[str, dict]) -> Manifest:
+    """The manifest from every shard's record (rows, bytes, checksum, rejected images), in plan
+    order; written by the caller only when no image was left unread."""
     splits, rejected = {}, []
-    for split, plan in plans.items():
-        shards = [ShardInfo(**records[spec.name]["shard"]) for spec in plan]
+    for split, specs in plan.plans.items():
+        shards = [ShardInfo(**records[spec.name]["shard"]) for spec in specs]
         splits[split] = SplitManifest(num_rows=sum(s.rows for s in shards), shards=shards)
-        rejected += [r for spec in plan for r in records[spec.name]["rejected"]]
-    manifest = Manifest(
-        classes=classes,
-        class_names=[names.get(w, w) for w in classes],
+        rejected += [r for spec in specs for r in records[spec.name]["rejected"]]
+    return Manifest(
+        classes=plan.classes,
+        class_names=[plan.names.get(w, w) for w in plan.classes],
         splits=splits,
         rejected=rejected,
-        source_layout={s: src.layout for s, src in sources.items()},
+        source_layout={s: src.layout for s, src in plan.sources.items()},
         encoding={
             "max_side": config.max_side,
             "quality": config.quality,
             "max_image_pixels": config.max_image_pixels,  # every image in the shards is within it
         },
     )
+
+
+def prepare_imagenet(
+    config: PrepareConfig, *, on_shard: Callable[[ShardInfo], None] | None = None
+) -> PrepareSummary:
+    """Prepare ``config.source`` into ``config.output``; rerun to resume. ``on_shard`` sees each shard
+    as it completes (progress reporting; the tests use it to interrupt a run)."""
+    t0 = time.monotonic()
+    check_reachable(config.output)
+    plan = plan_dataset(config)
+    specs = plan.specs
+    output = Location.of(config.output)  # the driver's reads below it; the Ray tasks get the URI
+    candidates = {spec.name: r for spec in specs if (r := completed_shard(output, spec)) is not None}
+    with _ray_for_shards(config.num_cpus):
+        records = _kept_shards(config.output, candidates)
+        reused = len(records)
+        todo = [spec for spec in specs if spec.name not in records]
+        log.info("%d shards planned, %d already complete, %d to write", len(specs), reused, len(todo))
+        if todo:
+            _drop_manifest(output)
+            _write_shards(config, specs, todo, records, on_shard)
+    unread = [u for spec in specs for u in records[spec.name].get("unread", [])]
+    manifest = build_manifest(config, plan, records)
     if not unread:
         write_manifest(config.output, manifest)
     summary = PrepareSummary(
         output=config.output,
         layouts=manifest.source_layout,
-        images={s: m.num_rows for s, m in splits.items()},
-        classes=len(classes),
+        images={s: m.num_rows for s, m in manifest.splits.items()},
+        classes=len(plan.classes),
         shards=len(specs),
         shards_written=len(specs) - reused,
         shards_reused=reused,
-        bytes=sum(m.num_bytes for m in splits.values()),
-        rejected=rejected,
+        bytes=sum(m.num_bytes for m in manifest.splits.values()),
+        rejected=manifest.rejected,
         seconds=time.monotonic() - t0,
         unread=unread,
-        shards_repaired=repaired,
+        shards_repaired=len(candidates) - reused,
     )
     log.info("%s", summary)
     return summary

@@ -52,7 +52,25 @@ def make_shortcut(in_planes: int, out_planes: int, stride: int, option: str | No
     return None
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+    """What both blocks do with their branch (``branch_output``): add the shortcut (the identity, or
+    ``downsample`` where the shape changes; nothing in a plain net's block), then ReLU."""
+
+    residual: bool
+    downsample: nn.Module | None
+    relu: nn.ReLU
+
+    def branch_output(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branch_output(x)
+        if self.residual:
+            out = out + (self.downsample(x) if self.downsample is not None else x)
+        return self.relu(out)
+
+
+class BasicBlock(_Block):
     """Two 3x3 convolutions (Fig. 5 left); used by the 18/34-layer and the CIFAR nets."""
 
     expansion = 1
@@ -80,17 +98,11 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(out))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.branch_output(x)
-        if self.residual:
-            out = out + (self.downsample(x) if self.downsample is not None else x)
-        return self.relu(out)
-
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn2
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 reduce, 3x3, 1x1 expand (Fig. 5 right); used by the 50/101/152-layer nets.
 
     ``stride_in_1x1`` selects the paper's original placement (v1); the default puts the stride
@@ -128,12 +140,6 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.branch_output(x)
-        if self.residual:
-            out = out + (self.downsample(x) if self.downsample is not None else x)
-        return self.relu(out)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn3

@@ -44,6 +44,8 @@ import json
 import time
 from dataclasses import replace
 
+from resnet_platform.errors import ConfigError
+
 from .degradation_analysis import NetSummary, mean_curves, summarize, verdict
 from .degradation_config import AUGMENTATIONS, DIGITS, FLAG_GROUPS, WARMUP_LR, DegradationConfig, data_source
 from .degradation_report import (
@@ -57,6 +59,7 @@ from .degradation_report import (
     write_outputs,
 )
 from .degradation_trial import RESULT_FILE, SeedResult, degradation_trial, in_memory_data, train_net
+from .grid import check_cifar, check_prepared, collect_results, open_tracking, prepare_output
 from .tables import net_label
 
 __all__ = [
@@ -113,22 +116,21 @@ def run_degradation(cfg: DegradationConfig) -> DegradationOutcome:
 
     started = time.monotonic()
     name = cfg.name or f"degradation-{time.strftime('%Y%m%d-%H%M%S')}"
-    store = storage.absolute(cfg.storage)
+    store = storage.Location.of(storage.absolute(cfg.storage))  # resolved once: Tune's RunConfig
     data = cfg.data if cfg.data == DIGITS else storage.absolute(cfg.data)
-    tracking_uri = None
-    if cfg.track:
-        from resnet_platform.tracking.runs import ensure_experiment
-
-        # The store and the experiment exist before the trials start, which log into them at once.
-        tracking_uri = ensure_experiment(cfg.tracking_uri, cfg.experiment)
-    cfg = replace(cfg, name=name, storage=store, data=data, tracking_uri=tracking_uri)
+    # What the trials will read and write into, tried before Ray starts (paper/grid.py).
+    tracking_uri = open_tracking(cfg.tracking_uri, cfg.experiment) if cfg.track else None
+    cfg = replace(cfg, name=name, storage=store.uri, data=data, tracking_uri=tracking_uri)
     source = data_source(data)
     if source == "cifar":
-        from resnet_platform.data.cifar import check_cifar_source
-
-        check_cifar_source(data)  # a bad archive fails here, naming it, not once in every trial
-    elif source == "prepared" and cfg.train_rows is not None:
-        raise ValueError("--train-rows applies to the digits and CIFAR archives, not to prepared data sets")
+        check_cifar(data)
+    elif source == "prepared":
+        if cfg.train_rows is not None:
+            raise ConfigError(
+                "--train-rows applies to the digits and CIFAR archives, not to prepared data sets"
+            )
+        check_prepared(data)
+    prepare_output(cfg.output)
     ensure_ray()
     tuner = tune.Tuner(
         trials.trainable(degradation_trial, cfg=cfg),
@@ -142,15 +144,6 @@ def run_degradation(cfg: DegradationConfig) -> DegradationOutcome:
             callbacks=[trials.trial_lines(trial_label, trial_outcome, len(cfg.archs) * len(cfg.seeds))],
         ),
     )
-    grid = tuner.fit()
-    results, failed = [], []
-    for r in grid:
-        text = trials.read_file(r, RESULT_FILE) if r.error is None else None
-        if text is None:
-            params = r.config or {}
-            failed.append(f"{params.get('arch')} seed {params.get('seed')}: {r.error}")
-            continue
-        results.append(SeedResult.from_dict(json.loads(text)))
-    if failed:
-        raise RuntimeError("trials failed: " + "; ".join(failed))
+    texts = collect_results(tuner.fit(), RESULT_FILE, trial_label)
+    results = [SeedResult.from_dict(json.loads(text)) for text in texts]
     return write_outputs(cfg, results, wall_s=time.monotonic() - started)

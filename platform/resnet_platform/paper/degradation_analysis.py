@@ -6,14 +6,12 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from resnet_platform.models import get_spec
-
 from .degradation_trial import SeedResult
-from .tables import TrialResult, net_label
+from .tables import NamedNet, TrialResult
 
 
 @dataclass
-class NetSummary:
+class NetSummary(NamedNet):
     """One net over its seeds."""
 
     arch: str
@@ -23,18 +21,6 @@ class NetSummary:
     test_errors: list[float]
     seconds: list[float]
     mlflow_run_ids: list[str | None] = field(default_factory=list)
-
-    @property
-    def depth(self) -> int:
-        return get_spec(self.arch).depth
-
-    @property
-    def residual(self) -> bool:
-        return get_spec(self.arch).residual
-
-    @property
-    def label(self) -> str:
-        return net_label(self.arch)
 
     @property
     def train_error(self) -> float:

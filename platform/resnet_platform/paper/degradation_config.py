@@ -7,14 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from resnet_platform.errors import ConfigError
 from resnet_platform.models import get_spec
-from resnet_platform.settings import setting
+from resnet_platform.settings import check_ranges, setting
 
+from .cifar_recipe import cifar_config, passed_through
 from .schedule import milestones_at
 
 DIGITS = "digits"
 AUGMENTATIONS = ("none", "pad-crop")
-WARMUP_LR = 0.01  # the paper's ResNet-110 warm-up rate (recipe.cifar_config)
+WARMUP_LR = 0.01  # the paper's ResNet-110 warm-up rate (cifar_recipe.cifar_config)
 
 # Flag groups, in the order ``--help`` shows them.
 FLAG_GROUPS = {
@@ -42,9 +44,13 @@ class DegradationConfig:
         "side of the digits in pixels: the 8x8 glyphs upsampled bilinearly (the demo writes 32; 16 holds "
         "the same information at about a third of the CPU time)",
         group="data",
+        at_least=8,
     )
     train_rows: int | None = setting(
-        None, "train on the first N training images only (digits and CIFAR; a smoke run)", group="data"
+        None,
+        "train on the first N training images only (digits and CIFAR; a smoke run)",
+        group="data",
+        at_least=1,
     )
     depths: tuple[int, ...] = setting(
         (20, 56), "6n+2 depths; the shallowest and deepest are compared", group="grid"
@@ -55,16 +61,20 @@ class DegradationConfig:
         "the deepest ResNet may end this much (a fraction) above the shallowest in training error and "
         "still count as not degrading",
         group="grid",
+        at_least=0,
     )
-    epochs: int = setting(12, "the budget: epochs per net; lr /10 at 1/2 and 3/4 of them", group="recipe")
-    batch_size: int = setting(128, "global batch per net (the paper's 128)", group="recipe")
-    lr: float = setting(0.1, "initial learning rate (the paper's 0.1)", group="recipe")
+    epochs: int = setting(
+        12, "the budget: epochs per net; lr /10 at 1/2 and 3/4 of them", group="recipe", at_least=1
+    )
+    batch_size: int = setting(128, "global batch per net (the paper's 128)", group="recipe", at_least=1)
+    lr: float = setting(0.1, "initial learning rate (the paper's 0.1)", group="recipe", above=0)
     warmup_epochs: int | None = setting(
         None,
         f"epochs over which every net's lr ramps linearly from {WARMUP_LR} to --lr (Goyal et al.'s gradual "
         "warm-up); default: a quarter of --epochs; 0: the paper's recipe to the letter (no warm-up below "
         f"110 layers; from 110, lr {WARMUP_LR} until the training error is below 80%%)",
         group="recipe",
+        at_least=0,
     )
     augmentation: str | None = setting(
         None,
@@ -73,19 +83,21 @@ class DegradationConfig:
         group="recipe",
         choices=AUGMENTATIONS,
     )
-    num_workers: int = setting(1, "DDP workers per net", group="execution")
+    num_workers: int = setting(1, "DDP workers per net", group="execution", at_least=1)
     use_gpu: bool = setting(False, "one GPU per worker", group="execution")
     cpus_per_worker: float = setting(
         0.2,
         "CPUs reserved per training worker (one thread each on CPU); leave a whole CPU for the data tasks",
         group="execution",
+        above=0,
     )
-    max_concurrent_trials: int = setting(2, "nets trained at once", group="execution")
+    max_concurrent_trials: int = setting(2, "nets trained at once", group="execution", at_least=1)
     trial_retries: int = setting(
         1,
         "times a failed trial is started again (continuing from its last checkpoint); on a shared "
         "machine Ray's memory monitor may kill a worker",
         group="execution",
+        at_least=0,
     )
     storage: str = setting("runs", "where runs and checkpoints go (path or s3://)", group="output")
     name: str | None = setting(None, "grid name (default: degradation-TIMESTAMP)", group="output")
@@ -99,29 +111,28 @@ class DegradationConfig:
     track: bool = setting(True, group="output", cli=False)  # the job's --no-mlflow
 
     def __post_init__(self) -> None:
+        """Every setting checked here, on the driver, before Ray starts: the declared ranges, the
+        grid's shape, and each net's training config as its trial will build it (a batch that does
+        not divide over the workers fails now, not in every trial)."""
         self.depths = tuple(int(d) for d in self.depths)
         self.seeds = tuple(int(s) for s in self.seeds)
+        check_ranges(self)
         if len(set(self.depths)) < 2:
-            raise ValueError(f"need at least two depths to compare, got {self.depths}")
+            raise ConfigError(f"--depths: need at least two depths to compare, got {self.depths}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
-        if self.epochs < 1 or self.batch_size < 1 or self.max_concurrent_trials < 1:
-            raise ValueError("epochs, batch size and max concurrent trials must be at least 1")
-        if self.trial_retries < 0:
-            raise ValueError(f"trial retries must not be negative, got {self.trial_retries}")
-        if self.train_rows is not None and self.train_rows < 1:
-            raise ValueError(f"train rows must be positive, got {self.train_rows}")
+            raise ConfigError(f"--seeds must be distinct and at least one, got {self.seeds}")
         if self.augmentation is not None and self.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"unknown augmentation {self.augmentation!r}; valid: {', '.join(AUGMENTATIONS)}")
-        if self.margin < 0:
-            raise ValueError(f"margin must not be negative, got {self.margin}")
-        first_division = milestones_at(self.epochs)[0]  # where recipe.cifar_config first divides the lr
-        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < first_division:
-            raise ValueError(
-                f"warm-up epochs must be at least 0 and end before the first lr division (epoch "
-                f"{first_division} of {self.epochs}), got {self.warmup_epochs}"
+            raise ConfigError(
+                f"unknown augmentation {self.augmentation!r}; valid: {', '.join(AUGMENTATIONS)}"
             )
-        self.archs  # noqa: B018  (unknown depths fail here, listing the valid nets)
+        first_division = milestones_at(self.epochs)[0]  # where cifar_config first divides the lr
+        if self.warmup_epochs is not None and self.warmup_epochs >= first_division:
+            raise ConfigError(
+                f"--warmup-epochs must end before the first lr division (epoch {first_division} of "
+                f"{self.epochs}), got {self.warmup_epochs}"
+            )
+        for arch in self.archs:  # unknown depths fail here, listing the valid nets
+            cifar_config(self.data, train_rows=1, **self.net_settings(arch, self.seeds[0]))
 
     @property
     def archs(self) -> list[str]:
@@ -140,10 +151,23 @@ class DegradationConfig:
     def resolved_warmup_epochs(self) -> int:
         return self.epochs // 4 if self.warmup_epochs is None else self.warmup_epochs
 
+    def net_settings(self, arch: str, seed: int) -> dict[str, Any]:
+        """The TrainConfig fields (over ``cifar_config``'s recipe) of the net ``arch`` at ``seed``,
+        less where its run is kept (storage, name, resume, tracking URI: the trial adds them)."""
+        same = ("epochs", "batch_size", "lr", "num_workers", "use_gpu", "cpus_per_worker", "experiment")
+        return dict(
+            passed_through(self, same),
+            arch=arch,
+            augmentation=self.resolved_augmentation,
+            channels_last=self.use_gpu,  # NCHW is about 30% faster for these nets on CPU threads
+            seed=seed,
+            **self.warmup_overrides(),
+        )
+
     def warmup_overrides(self) -> dict[str, Any]:
         """The TrainConfig fields of the warm-up, the same for every net: the training loop's linear
         warm-up from ``WARMUP_LR`` (``train/optim.py``, ``lr_factor``), and no error-threshold
-        warm-up; none at 0 epochs, where ``recipe.cifar_config`` applies the paper's own rule."""
+        warm-up; none at 0 epochs, where ``cifar_recipe.cifar_config`` applies the paper's own rule."""
         epochs = self.resolved_warmup_epochs
         if epochs == 0:
             return {}

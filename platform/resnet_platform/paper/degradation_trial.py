@@ -61,25 +61,16 @@ def train_net(cfg: DegradationConfig, arch: str, seed: int) -> SeedResult:
 
     started = time.monotonic()
     run_storage, run_name = f"{cfg.storage.rstrip('/')}/{cfg.name}", f"{arch}-seed{seed}"
+    # Resolved again here, in the trial's process: ``cfg`` is plain data (the driver's filesystem
+    # object does not travel with it), so the worker makes its own from the URI.
     fs, path = storage.resolve(run_storage)
     overrides: dict[str, Any] = dict(
-        arch=arch,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        augmentation=cfg.resolved_augmentation,
-        num_workers=cfg.num_workers,
-        use_gpu=cfg.use_gpu,
-        cpus_per_worker=cfg.cpus_per_worker,
-        channels_last=cfg.use_gpu,  # NCHW is about 30% faster for these nets on CPU threads
-        seed=seed,
+        cfg.net_settings(arch, seed),
         storage=run_storage,
         name=run_name,
         resume=run_exists(fs, path, run_name),
-        experiment=cfg.experiment,
         tracking_uri=cfg.tracking_uri,
     )
-    overrides.update(cfg.warmup_overrides())
     if data_source(cfg.data) == "prepared":
         from resnet_platform.data.manifest import read_manifest
         from resnet_platform.train.main import train_and_track

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from resnet_platform.data.cifar import VAL_SIZE, Cifar10, cifar_datasets, read_cifar10
 from resnet_platform.data.transforms import NORMALIZATION_STATS
-from resnet_platform.models import build_model, get_spec
+from resnet_platform.models import build_model
 from resnet_platform.tracking.training_run import TrainingRun
 from resnet_platform.train.config import TrainConfig
 from resnet_platform.train.runner import TrainingOutcome, run_training
 
+from .cifar_recipe import CIFAR_RECIPE, cifar_config  # noqa: F401  (re-exported: the recipe as a config)
 from .responses import LayerResponses, layer_responses, plot_layer_responses
 from .schedule import (  # noqa: F401  (re-exported: the recipe's numbers live in schedule.py)
     PAPER_ITERATIONS,
@@ -33,45 +34,6 @@ from .schedule import (  # noqa: F401  (re-exported: the recipe's numbers live i
 )
 
 log = logging.getLogger(__name__)
-
-CIFAR_RECIPE = dict(
-    image_size=32,
-    batch_size=128,
-    lr=0.1,
-    momentum=0.9,
-    weight_decay=1e-4,
-    lr_schedule="step",
-    lr_gamma=0.1,
-    augmentation="pad-crop",
-    normalization="cifar10",
-    shuffle_buffer=0,  # the ids are fully reshuffled every epoch already
-    experiment="resnet-cifar10",
-)
-
-
-def cifar_config(
-    data: str,
-    *,
-    train_rows: int,
-    arch: str = "cifar_resnet20",
-    iterations: int = PAPER_ITERATIONS,
-    milestones: tuple[int, ...] = PAPER_MILESTONES,
-    epochs: int | None = None,
-    **overrides,
-) -> TrainConfig:
-    """A TrainConfig with the paper's CIFAR recipe; ``overrides`` are TrainConfig fields."""
-    values = dict(CIFAR_RECIPE, data=data, arch=arch)
-    values.update(overrides)
-    if epochs is None:
-        epochs, ms = schedule_in_epochs(train_rows, values["batch_size"], iterations, milestones)
-    else:
-        ms = milestones_at(epochs, iterations, milestones)
-    values.setdefault("epochs", epochs)
-    values.setdefault("lr_milestones", ms)
-    spec = get_spec(arch)
-    if spec.depth >= 110:  # "0.1 is slightly too large to start converging" (section 4.2)
-        values.setdefault("error_warmup_lr", 0.01)
-    return TrainConfig(**values)
 
 
 @dataclass

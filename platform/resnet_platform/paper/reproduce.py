@@ -17,13 +17,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from resnet_platform.data.cifar import VAL_SIZE
+from resnet_platform.errors import ConfigError
 from resnet_platform.models import get_spec
-from resnet_platform.settings import setting
+from resnet_platform.settings import check_ranges, setting
 
+from .cifar_recipe import cifar_config, passed_through
+from .grid import check_cifar, collect_results, open_tracking, prepare_output
 from .responses import plot_layer_responses
-from .tables import TrialResult, degradation_summary, plot_figure6, table6_markdown
+from .tables import TrialResult, degradation_summary, net_label, plot_figure6, table6_markdown
 
 log = logging.getLogger(__name__)
+
+FAMILIES = ("plain", "resnet")
+CIFAR_TRAIN_ROWS = 50_000  # CIFAR-10's training set: the paper's 64k iterations in epochs
 
 
 @dataclass
@@ -33,18 +40,20 @@ class ReproduceConfig:
 
     data: str = setting(help="CIFAR-10 python archive or folder (path or URI)", group="paper")
     depths: tuple[int, ...] = setting((20, 32, 44, 56), "6n+2 depths (110 optional)", group="paper")
-    families: tuple[str, ...] = setting(("plain", "resnet"), "plain and/or resnet", group="paper")
-    epochs: int | None = setting(None, "epochs per net (default: the paper's 64k iterations)", group="paper")
+    families: tuple[str, ...] = setting(FAMILIES, "plain and/or resnet", group="paper")
+    epochs: int | None = setting(
+        None, "epochs per net (default: the paper's 64k iterations)", group="paper", at_least=1
+    )
     val_split: bool = setting(False, "the paper's 45k/5k split", group="paper")
-    batch_size: int = setting(128, "global batch per net", group="paper")
-    num_workers: int = setting(1, "DDP workers per net", group="execution")
+    batch_size: int = setting(128, "global batch per net", group="paper", at_least=1)
+    num_workers: int = setting(1, "DDP workers per net", group="execution", at_least=1)
     use_gpu: bool = setting(False, "one GPU per worker", group="execution")
-    cpus_per_worker: float = setting(0.5, "CPUs reserved per training worker", group="execution")
+    cpus_per_worker: float = setting(0.5, "CPUs reserved per training worker", group="execution", above=0)
     data_node_label: str | None = setting(
         None, "see train_imagenet.py --help", group="execution", metavar="KEY=VALUE"
     )
     data_node_resource: str | None = setting(None, "see train_imagenet.py --help", group="execution")
-    max_concurrent_trials: int = setting(1, "nets trained at once", group="execution")
+    max_concurrent_trials: int = setting(1, "nets trained at once", group="execution", at_least=1)
     seed: int | None = setting(0, group="execution")
     storage: str = setting("runs", "where runs and checkpoints go (path or s3://)", group="output")
     name: str | None = setting(None, "grid name (default: paper-TIMESTAMP)", group="output")
@@ -55,14 +64,34 @@ class ReproduceConfig:
     )
     track: bool = setting(True, group="output", cli=False)  # the job's --no-mlflow
 
+    def __post_init__(self) -> None:
+        """Every setting checked here, on the driver, before Ray starts: the declared ranges, the
+        families, and each net's training config as its trial will build it."""
+        self.depths = tuple(int(d) for d in self.depths)
+        self.families = tuple(self.families)
+        check_ranges(self)
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families or not self.depths:
+            raise ConfigError(
+                f"--families must be one or both of {', '.join(FAMILIES)} and --depths at least one depth, "
+                f"got {','.join(self.families) or 'none'} and {','.join(map(str, self.depths)) or 'none'}"
+            )
+        train_rows = CIFAR_TRAIN_ROWS - (VAL_SIZE if self.val_split else 0)  # for the default schedule
+        for arch in self.archs:  # unknown depths fail here, listing the valid nets
+            cifar_config(self.data, train_rows=train_rows, epochs=self.epochs, **self.net_settings(arch))
+
     @property
     def archs(self) -> list[str]:
-        archs = [
-            f"cifar_{'resnet' if f == 'resnet' else 'plain'}{d}" for f in self.families for d in self.depths
-        ]
+        archs = [f"cifar_{f}{d}" for f in self.families for d in self.depths]
         for arch in archs:
             get_spec(arch)
         return archs
+
+    def net_settings(self, arch: str) -> dict[str, Any]:
+        """The TrainConfig fields (over ``cifar_config``'s recipe) of the net ``arch``, less where its
+        run is kept (storage, name, tracking URI: the trial adds them) and the epochs."""
+        same = "batch_size num_workers use_gpu cpus_per_worker data_node_label data_node_resource seed experiment"
+        return dict(passed_through(self, same.split()), arch=arch)
 
 
 @dataclass
@@ -88,18 +117,10 @@ def reproduce_trial(params: dict[str, Any], cfg: ReproduceConfig) -> None:
         val_split=cfg.val_split,
         track=cfg.track,
         epochs=cfg.epochs,
-        arch=arch,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        use_gpu=cfg.use_gpu,
-        cpus_per_worker=cfg.cpus_per_worker,
-        data_node_label=cfg.data_node_label,
-        data_node_resource=cfg.data_node_resource,
-        seed=cfg.seed,
         storage=f"{cfg.storage.rstrip('/')}/{cfg.name}",
         name=arch,
-        experiment=cfg.experiment,
         tracking_uri=cfg.tracking_uri,
+        **cfg.net_settings(arch),
     )
     result = TrialResult(
         arch=arch,
@@ -128,16 +149,13 @@ def reproduce(cfg: ReproduceConfig) -> ReproduceOutcome:
     from resnet_platform.tune import trials
 
     name = cfg.name or f"paper-{time.strftime('%Y%m%d-%H%M%S')}"
-    store, data = storage.absolute(cfg.storage), storage.absolute(cfg.data)
-    tracking_uri = None
-    if cfg.track:
-        from resnet_platform.tracking.runs import resolve_tracking_uri
-
-        tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
-    cfg = replace(cfg, name=name, storage=store, data=data, tracking_uri=tracking_uri)
-    from resnet_platform.data.cifar import check_cifar_source
-
-    check_cifar_source(data)  # a bad archive fails here, naming it, not once in every trial
+    store = storage.Location.of(storage.absolute(cfg.storage))  # resolved once: Tune's RunConfig
+    data = storage.absolute(cfg.data)
+    # What the trials will read and write into, tried before Ray starts (paper/grid.py).
+    tracking_uri = open_tracking(cfg.tracking_uri, cfg.experiment) if cfg.track else None
+    cfg = replace(cfg, name=name, storage=store.uri, data=data, tracking_uri=tracking_uri)
+    check_cifar(data)
+    prepare_output(cfg.output)
     ensure_ray()
     tuner = tune.Tuner(
         trials.trainable(reproduce_trial, cfg=cfg),
@@ -145,17 +163,8 @@ def reproduce(cfg: ReproduceConfig) -> ReproduceOutcome:
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
         run_config=trials.run_config(f"{name}-tune", store),
     )
-    grid = tuner.fit()
-    results, failed = [], []
-    for r in grid:
-        text = trials.read_file(r, RESULT_FILE) if r.error is None else None
-        if text is None:
-            failed.append(f"{(r.config or {}).get('arch')}: {r.error}")
-            continue
-        results.append(TrialResult(**json.loads(text)))
-    if failed:
-        raise RuntimeError("trials failed: " + "; ".join(failed))
-    return write_outputs(cfg, results)
+    texts = collect_results(tuner.fit(), RESULT_FILE, lambda params: net_label(params["arch"]))
+    return write_outputs(cfg, [TrialResult(**json.loads(text)) for text in texts])
 
 
 def write_outputs(cfg: ReproduceConfig, results: list[TrialResult]) -> ReproduceOutcome:

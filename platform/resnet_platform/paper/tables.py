@@ -28,17 +28,11 @@ def net_label(arch: str) -> str:
     return f"{'ResNet' if spec.residual else 'plain'}-{spec.depth}"
 
 
-@dataclass
-class TrialResult:
-    """One trained net: what Table 6 and Figure 6 need."""
+class NamedNet:
+    """``depth``, ``residual`` and ``label`` of a result that names its net by ``arch``: what the
+    tables and figures sort and label by, for one trial and for a net over its seeds alike."""
 
-    arch: str
-    params: int
-    test_error: float  # fraction
-    train_error: float  # fraction, the last epoch's
-    history: list[dict] = field(default_factory=list)  # rows with step, train/val_top1_error
-    responses: dict | None = None  # LayerResponses.to_dict()
-    mlflow_run_id: str | None = None
+    arch: str  # a dataclass field of the subclass
 
     @property
     def depth(self) -> int:
@@ -51,6 +45,19 @@ class TrialResult:
     @property
     def label(self) -> str:
         return net_label(self.arch)
+
+
+@dataclass
+class TrialResult(NamedNet):
+    """One trained net: what Table 6 and Figure 6 need."""
+
+    arch: str
+    params: int
+    test_error: float  # fraction
+    train_error: float  # fraction, the last epoch's
+    history: list[dict] = field(default_factory=list)  # rows with step, train/val_top1_error
+    responses: dict | None = None  # LayerResponses.to_dict()
+    mlflow_run_id: str | None = None
 
 
 def _pct(x: float | None) -> str:

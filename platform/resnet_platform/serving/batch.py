@@ -24,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from resnet_platform.data.manifest import DatasetNotReadyError, read_manifest
+from resnet_platform.data.manifest import DatasetNotReadyError, manifest_at
 from resnet_platform.data.placement import DataPlacement
 from resnet_platform.errors import UserError
 from resnet_platform.settings import check_ranges, setting
-from resnet_platform.storage import join, resolve
+from resnet_platform.storage import Location
 from resnet_platform.tracking.inference import ModelSpec, Preprocess
 from resnet_platform.tracking.registry import load_spec, pin_version, registered_version
 from resnet_platform.tracking.runs import client_for, resolve_tracking_uri
@@ -152,27 +152,28 @@ def data_task_args(placement: DataPlacement) -> dict:
 
 
 def _root_path(uri: str) -> tuple[pafs.FileSystem, str]:
-    fs, path = resolve(uri)
-    return fs, path.rstrip("/")
+    data = Location.of(uri)
+    return data.fs, data.path.rstrip("/")
 
 
-def _prepared_manifest(uri: str):
+def _prepared_manifest(data: Location):
     try:
-        return read_manifest(uri)
+        return manifest_at(data)
     except DatasetNotReadyError:
         return None
 
 
-def _read(config: BatchPredictConfig, spec: ModelSpec):
-    """The input as a Dataset of ``{bytes, key, label}`` rows, and whether it carries labels."""
+def _read(config: BatchPredictConfig, spec: ModelSpec, data: Location):
+    """The input (``config.input``, resolved once by the caller as ``data``: the manifest and every
+    shard path below it) as a Dataset of ``{bytes, key, label}`` rows, and whether it carries labels."""
     import ray.data
 
-    fs, root = _root_path(config.input)
+    fs, root = data.fs, data.path.rstrip("/")
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise BatchPredictError(f"{config.input}: no such folder or prefix")
     remote_args = data_task_args(config.placement)
-    manifest = _prepared_manifest(config.input) if info.type == pafs.FileType.Directory else None
+    manifest = _prepared_manifest(data) if info.type == pafs.FileType.Directory else None
     if manifest is not None:
         if config.split not in manifest.splits:
             raise BatchPredictError(
@@ -182,7 +183,7 @@ def _read(config: BatchPredictConfig, spec: ModelSpec):
             raise BatchPredictError(
                 f"{config.model} was trained on other classes than {config.input}: labels would not match"
             )
-        paths = [resolve(join(config.input, s.path))[1] for s in manifest.splits[config.split].shards]
+        paths = manifest.shard_uris(root, config.split)
         ds = ray.data.read_parquet(
             paths,
             filesystem=fs,
@@ -393,8 +394,9 @@ def batch_predict(config: BatchPredictConfig) -> BatchPredictSummary:
     model_uri = pin_version(config.model, tracking_uri)
     spec = load_spec(model_uri, tracking_uri)
     fs_out, out_path = _prepare_output(config.output, config.overwrite)
-    ds, labelled = _read(config, spec)
-    in_root = _root_path(config.input)[1]
+    data = Location.of(config.input)
+    ds, labelled = _read(config, spec, data)
+    in_root = data.path.rstrip("/")
     ds = ds.map_batches(
         functools.partial(_decode, preprocess=Preprocess.from_spec(spec), root=in_root),
         batch_size=config.batch_size,

@@ -203,20 +203,18 @@ def parity_images(config: ExportConfig, preprocess) -> np.ndarray:
     """Up to ``parity_images`` real images, as the model's uint8 NHWC crops."""
     import pyarrow.parquet as pq
 
-    from resnet_platform.data.manifest import DatasetNotReadyError, read_manifest
-    from resnet_platform.storage import resolve
+    from resnet_platform.data.manifest import DatasetNotReadyError, PreparedData
 
     raw: list[bytes] = []
     try:
-        manifest = read_manifest(config.images)
+        data = PreparedData.open(config.images)  # resolved once, for the manifest and every shard
     except (DatasetNotReadyError, OSError, ValueError):
-        manifest = None
-    if manifest is not None:
-        if config.split not in manifest.splits:
+        data = None
+    if data is not None:
+        if config.split not in data.manifest.splits:
             raise ExportError(f"{config.images}: no split {config.split!r}")
-        for uri in manifest.shard_uris(config.images, config.split):
-            fs, path = resolve(uri)
-            raw += pq.read_table(path, filesystem=fs, columns=["image"]).column("image").to_pylist()
+        for path in data.shard_paths(config.split):
+            raw += pq.read_table(path, filesystem=data.fs, columns=["image"]).column("image").to_pylist()
             if len(raw) >= config.parity_images:
                 break
     else:

@@ -122,13 +122,32 @@ class SweepPlan:
     base: TrainConfig
     manifest: Any
     name: str
-    fs: Any  # pyarrow filesystem of the storage
-    sweep_uri: str  # <storage>/<name>
-    exp_path: str  # the same, as a path on ``fs`` (Tune's experiment folder)
+    store: storage.Location  # the storage, resolved once here; everything of the sweep lies below it
+
+    @property
+    def fs(self) -> Any:
+        return self.store.fs
+
+    @property
+    def sweep(self) -> storage.Location:
+        """``<storage>/<name>``: Tune's experiment folder."""
+        return self.store.child(self.name)
+
+    @property
+    def sweep_uri(self) -> str:
+        return self.sweep.uri
+
+    @property
+    def exp_path(self) -> str:
+        return self.sweep.path
+
+    @property
+    def trials(self) -> storage.Location:
+        return self.sweep.child(TRIALS_DIR)
 
     @property
     def trials_uri(self) -> str:
-        return storage.join(self.sweep_uri, TRIALS_DIR)
+        return self.trials.uri
 
 
 def plan_sweep(config: SweepConfig) -> SweepPlan:
@@ -151,10 +170,8 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     base = replace(base, arch=config.base.arch)
     storage.check_writable(base.storage)  # write access proved before any trial starts
     name = config.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    fs, root = storage.resolve(base.storage)
-    sweep_uri = storage.join(base.storage, name)
     check_name_and_resume(base.storage, name, config.resume, SweepExistsError, kind="sweep")
-    return SweepPlan(base, manifest, name, fs, sweep_uri, f"{root.rstrip('/')}/{name}")
+    return SweepPlan(base, manifest, name, storage.Location.of(base.storage))
 
 
 def build_tuner(config: SweepConfig, plan: SweepPlan, trainable):
@@ -178,7 +195,7 @@ def build_tuner(config: SweepConfig, plan: SweepPlan, trainable):
                 max_concurrent=config.max_concurrent, random_state=config.search_seed
             ),
         ),
-        run_config=trials.run_config(plan.name, plan.base.storage),
+        run_config=trials.run_config(plan.name, plan.store),
     )
 
 
@@ -244,8 +261,7 @@ def finish_sweep(
         if best.mlflow_run_id:
             recorded = log_best_model(
                 sweep_run.tracking_uri,
-                plan.fs,
-                plan.trials_uri,
+                plan.trials,
                 best,
                 config.register_best,
                 plan.manifest,

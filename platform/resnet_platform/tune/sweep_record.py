@@ -99,8 +99,7 @@ def _as_dict(value) -> dict:
 
 def log_best_model(
     tracking_uri: str,
-    fs,
-    trials_uri: str,
+    trials: storage.Location,
     best: TrialRow,
     register_as: str | None,
     manifest,
@@ -111,8 +110,8 @@ def log_best_model(
     from resnet_platform.train.checkpoint import load_checkpoint
     from resnet_platform.train.run_record import training_record
 
-    _, trial_path = storage.resolve(storage.join(trials_uri, best.trial))
-    recorded = best_recorded_checkpoint(fs, trial_path)
+    trial = trials.child(best.trial)
+    recorded = best_recorded_checkpoint(trial.fs, trial.path)
     if recorded is None:
         log.warning("best trial %s left no checkpoint: no model logged", best.trial)
         return None

@@ -21,6 +21,8 @@ def train_trial(params: dict[str, Any], context: dict[str, Any]) -> None:
     trial_id = tune.get_context().get_trial_id()
     base = TrainConfig.from_dict(context["base"])
     overrides = {k: params[k] for k in ("arch", "lr", "weight_decay", "batch_size") if k in params}
+    # Resolved again here, in the trial's process: the context is plain data (the driver's
+    # filesystem object does not travel with it), so the worker makes its own from the URI.
     fs, root = storage.resolve(context["trials_uri"])
     config = replace(
         base,

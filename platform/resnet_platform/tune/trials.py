@@ -40,13 +40,14 @@ def trainable(fn: Callable[..., None], **fixed: Any):
 
 def run_config(
     name: str,
-    storage_uri: str,
+    store: storage.Location,
     *,
     max_failures: int = 0,
     verbose: int | None = None,
     callbacks: Sequence[Any] = (),
 ):
-    """Tune's RunConfig: the experiment ``name`` under ``storage_uri`` (path or s3://); a failed
+    """Tune's RunConfig: the experiment ``name`` under ``store`` (resolved where the job's storage URI
+    entered, once; Tune hands its filesystem to the trials itself); a failed
     trial is retried ``max_failures`` times (default none: its Ray Train run has its own
     ``max_failures``). ``verbose``: Tune's own output (1: its status tables and a box per trial; 0:
     none, with ``_compat.quiet_tune_output``); default: 1 only with the job's ``--verbose``.
@@ -58,11 +59,10 @@ def run_config(
     if verbose is None:
         verbose = 1 if is_verbose() else 0
 
-    fs, root = storage.resolve(storage_uri)
     return tune.RunConfig(
         name=name,
-        storage_path=root,
-        storage_filesystem=fs,
+        storage_path=store.path,
+        storage_filesystem=store.fs,
         failure_config=tune.FailureConfig(max_failures=max_failures),
         verbose=verbose,
         callbacks=list(callbacks),
