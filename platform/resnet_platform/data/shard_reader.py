@@ -148,9 +148,9 @@ def verified_shard_source(
     ``manifest`` before its rows are used."""
     from resnet_platform.storage import join, resolve
 
-    fs, _ = resolve(uri)
+    fs, root = resolve(uri)
     entries = manifest.splits[split].shards
-    paths = [resolve(join(uri, s.path))[1] for s in entries]
+    paths = manifest.shard_uris(root, split)  # paths on ``fs``: the URI resolved once, not per shard
     shards = {posixpath.basename(s.path): (join(uri, s.path), s.sha256, s.bytes) for s in entries}
     guaranteed = manifest.encoding.get("max_image_pixels")
     check_pixels = max_image_pixels is not None and (guaranteed is None or guaranteed > max_image_pixels)

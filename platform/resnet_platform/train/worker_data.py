@@ -113,19 +113,13 @@ class PlanSource:
         data = PreparedData.open(config.data)
         shards = data.manifest.splits["train"].shards
         entries = {
-            i: ShardEntry(
-                path=storage.resolve(storage.join(data.uri, s.path))[1],
-                uri=storage.join(data.uri, s.path),
-                sha256=s.sha256,
-                size=s.bytes,
-            )
-            for i, s in enumerate(shards)
+            i: ShardEntry(path=path, uri=storage.join(data.uri, s.path), sha256=s.sha256, size=s.bytes)
+            for i, (s, path) in enumerate(zip(shards, data.shard_paths("train"), strict=True))
         }
-        fs, _ = storage.resolve(data.uri)
         return cls(
             shard_rows_of(data.manifest, "train"),
             entries,
-            fs,
+            data.fs,
             data.manifest.num_classes,
             plan_seed(config.seed, config.name or ""),
         )
