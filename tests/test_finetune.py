@@ -90,7 +90,7 @@ FINETUNE_RECIPE = dict(lr=0.01, head_lr_factor=10.0)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_finetuned_beats_scratch(parent, few_digits, ray_local, tmp_path, seed):
     """Per seed, on a small labelled set of classes 0-9: the fine-tuned network (head replaced,
-    5 -> 10 classes) has the lower validation error after 2 epochs (the final epoch's error) than
+    5 -> 10 classes) has a lower validation error after 2 epochs (the final epoch's error) than
     the same run from scratch: same recipe, data and seed, only --init-from differs. Seed 0's run is
     tracked and registered: it and its version name the parent."""
     tracked = seed == 0
@@ -108,7 +108,8 @@ def test_finetuned_beats_scratch(parent, few_digits, ray_local, tmp_path, seed):
     )  # fmt: skip
     scratch = run_training(_two_epochs(few_digits, tmp_path, name="scratch", **recipe))
     errors = (tuned.history[-1]["val_top1_error"], scratch.history[-1]["val_top1_error"])
-    assert errors[0] < errors[1], errors
+    # At least 10 points lower: two runs of one network (weights not loaded) do not pass by luck.
+    assert errors[0] < errors[1] - 0.10, errors
     # Optimizer state and the epoch counter start fresh: 2 epochs of this run, not 3 + 2.
     assert [int(h["epoch"]) for h in tuned.history] == [1, 2]
     if not tracked:
