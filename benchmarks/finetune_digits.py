@@ -127,9 +127,8 @@ def main() -> None:
 
     write_digits_imagenet(work / "digits")
     ensure_ray("local", num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
-    parent = run_training(
-        config(prepared(work, "digits-0-4", range(5), None), work / "runs", "parent", epochs=3)
-    )
+    runs = Path(tempfile.mkdtemp(prefix="runs-", dir=work))  # each invocation its own parent and runs
+    parent = run_training(config(prepared(work, "digits-0-4", range(5), None), runs, "parent", epochs=3))
     source = sorted(Path(parent.run_path).glob("checkpoint_epoch_*"))[-1]
     print(f"parent (classes 0-4, 3 epochs): val error {parent.history[-1]['val_top1_error']:.4f}", flush=True)
     recipe = dict(lr=args.lr, head_lr_factor=args.head_lr_factor)
@@ -143,7 +142,7 @@ def main() -> None:
             for arm, init in (("fine-tuned", str(source)), ("scratch", None)):
                 start = time.perf_counter()
                 out = run_training(
-                    config(data, work / "runs", f"{arm}-{size}-{seed}", seed=seed, init_from=init, **recipe)
+                    config(data, runs, f"{arm}-{size}-{seed}", seed=seed, init_from=init, **recipe)
                 )
                 errs = [h["val_top1_error"] for h in out.history]
                 seconds = time.perf_counter() - start
