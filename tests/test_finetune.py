@@ -1,6 +1,7 @@
 """Fine-tuning on Ray Train with the digits: a ResNet-20 trained on classes 0-4, registered, then
-fine-tuned with --init-from on classes 0-9 (head replaced) beats the same run from scratch; the run
-and its registered version name the parent; --freeze all-but-head trains only the head."""
+fine-tuned with --init-from on a small labelled set of classes 0-9 (head replaced) beats the same run
+from scratch after 2 epochs, per seed; the run and its registered version name the parent;
+--freeze all-but-head trains only the head."""
 
 from __future__ import annotations
 
@@ -21,22 +22,39 @@ from resnet_platform.train.runner import run_training
 pytestmark = pytest.mark.slow  # six short Ray Train runs (one is the module's parent)
 
 
-@pytest.fixture(scope="module")
-def first_five_digits(digits_folder, ray_local, tmp_path_factory) -> str:
-    """The digits of classes 0-4 only, prepared: the parent's data."""
+def _prepared(digits_folder, root: Path, classes: range, train_per_class: int | None = None) -> str:
+    """Classes ``classes`` of the digits, prepared (the first ``train_per_class`` training images of
+    each class, or all; every validation image of those classes)."""
     from resnet_platform.data.digits import DIGIT_NAMES, DIGIT_WNIDS
     from resnet_platform.data.prepare import PrepareConfig, prepare_imagenet
 
-    root = tmp_path_factory.mktemp("digits-0-4")
     for split in ("train", "val"):
-        for wnid in DIGIT_WNIDS[:5]:
-            shutil.copytree(digits_folder.root / split / wnid, root / "src" / split / wnid)
+        for wnid in (DIGIT_WNIDS[c] for c in classes):
+            files = sorted((digits_folder.root / split / wnid).iterdir())
+            if split == "train" and train_per_class is not None:
+                files = files[:train_per_class]
+            (root / "src" / split / wnid).mkdir(parents=True)
+            for f in files:
+                shutil.copy(f, root / "src" / split / wnid / f.name)
     (root / "src" / "synset_words.txt").write_text(
-        "".join(f"{w} {n}\n" for w, n in zip(DIGIT_WNIDS[:5], DIGIT_NAMES[:5], strict=True))
+        "".join(f"{DIGIT_WNIDS[c]} {DIGIT_NAMES[c]}\n" for c in classes)
     )
     out = root / "shards"
     prepare_imagenet(PrepareConfig(source=str(root / "src"), output=str(out), shard_size_mb=0.25))
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def first_five_digits(digits_folder, ray_local, tmp_path_factory) -> str:
+    """The digits of classes 0-4 only (every image): the parent's data."""
+    return _prepared(digits_folder, tmp_path_factory.mktemp("digits-0-4"), range(5))
+
+
+@pytest.fixture(scope="module")
+def few_digits(digits_folder, ray_local, tmp_path_factory) -> str:
+    """A small labelled set of classes 0-9 (the first 30 training images of each class, 300 in all;
+    the 359 validation images): the case fine-tuning is for."""
+    return _prepared(digits_folder, tmp_path_factory.mktemp("digits-0-9-few"), range(10), 30)
 
 
 def _two_epochs(data: str, storage: Path, **overrides):
@@ -64,26 +82,33 @@ def parent(first_five_digits, ray_local, mlflow_server, tmp_path_factory) -> Par
     return Parent(outcome, name, mlflow_server.uri)
 
 
+# The fine-tuning recipe docs/fine-tune-export.md recommends: the loaded body at a tenth of the
+# from-scratch rate, the new head at the full rate (0.1).
+FINETUNE_RECIPE = dict(lr=0.01, head_lr_factor=10.0)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_finetuned_beats_scratch(parent, digits_shards, ray_local, tmp_path, seed):
-    """Per seed: the fine-tuned network (head replaced, 5 -> 10 classes) has the lower validation
-    error after its first epoch (of 2). Seed 0's run is tracked and registered: it and its version name the parent."""
+def test_finetuned_beats_scratch(parent, few_digits, ray_local, tmp_path, seed):
+    """Per seed, on a small labelled set of classes 0-9: the fine-tuned network (head replaced,
+    5 -> 10 classes) has a lower validation error after 2 epochs (the final epoch's error) than
+    the same run from scratch: same recipe, data and seed, only --init-from differs. Seed 0's run is
+    tracked and registered: it and its version name the parent."""
     tracked = seed == 0
     child = f"{parent.name}-ft"
-    # The same recipe for both runs, only the initial weights differ. Measured on the digits (seeds
-    # 0/1): after epoch 1 the fine-tuned run leads (34.5/33.4% against 67.7/81.9% from scratch); after
-    # epoch 2 scratch has caught up (5.8/14.2% against 19.5/15.6%; at lr 0.02 too: 9.5 against
-    # 16.7%), so the head start is asserted where it is, at the first epoch.
-    recipe = dict(seed=seed)
+    # Why a small labelled set (figures: BENCHMARKS.md, "Fine-tuned against from scratch on the
+    # digits"): there the margin is wide on every seed; on all 1,437 training images scratch is as
+    # good after 2 epochs (16 px digits are easy) and a 2-epoch error is mostly BatchNorm statistics.
+    recipe = dict(seed=seed, **FINETUNE_RECIPE)
     tuned = train_and_track(
-        _two_epochs(digits_shards, tmp_path, name="ft", **recipe, init_from=f"models:/{parent.name}@base",
+        _two_epochs(few_digits, tmp_path, name="ft", **recipe, init_from=f"models:/{parent.name}@base",
                     tracking_uri=parent.tracking_uri, experiment="finetune-tests",
                     register_as=child if tracked else None),
         track=tracked,
     )  # fmt: skip
-    scratch = run_training(_two_epochs(digits_shards, tmp_path, name="scratch", **recipe))
-    errors = (tuned.history[0]["val_top1_error"], scratch.history[0]["val_top1_error"])
-    assert errors[0] < errors[1], errors
+    scratch = run_training(_two_epochs(few_digits, tmp_path, name="scratch", **recipe))
+    errors = (tuned.history[-1]["val_top1_error"], scratch.history[-1]["val_top1_error"])
+    # At least 10 points lower: two runs of one network (weights not loaded) do not pass by luck.
+    assert errors[0] < errors[1] - 0.10, errors
     # Optimizer state and the epoch counter start fresh: 2 epochs of this run, not 3 + 2.
     assert [int(h["epoch"]) for h in tuned.history] == [1, 2]
     if not tracked:
