@@ -133,7 +133,7 @@ def shards_per_batch(batches: list[list[int]], shard_of) -> float:
 def main() -> None:
     from data_throughput import generate, start_quiet_ray
 
-    from resnet_platform.data.epoch_plan import DEFAULT_WINDOW_SHARDS, co_batch_repeat
+    from resnet_platform.data.epoch_plan import DEFAULT_WINDOW_SHARDS, EpochPlan, co_batch_repeat
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=8000)
@@ -204,8 +204,24 @@ def main() -> None:
     stream_shards = shards_per_batch(keys["stream"][1], shard_of_key.__getitem__)
     print(f"source shards per batch: stream {stream_shards:.1f}, plan {plan_shards:.1f} "
           f"(plan window {DEFAULT_WINDOW_SHARDS} shards; {len(offsets)} shards)")  # fmt: skip
+    # The plan's statistic by window size, from the plan itself (what the ranks train, batch by batch).
+    rows = tuple(int(s.rows) for s in manifest.splits["train"].shards)
+    for window in (1, 2, 4, 8, 16):
+        orders = [EpochPlan(rows, 0, e, window) for e in (0, 1)]
+        per_step = [plan_batches(o, a.ranks, a.batch_size) for o in orders]
+        repeat = co_batch_repeat(*[[k for b in batches for k in b] for batches in per_step], a.batch_size)
+        print(f"plan window {window:2d} shards: co-batch repeat {repeat:.4f} (computed from the plan)")
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def plan_batches(plan, ranks: int, batch: int) -> list[list[int]]:
+    """The plan's per-rank batches, step by step (rank 0's batch, rank 1's, ...)."""
+    streams = [plan.rank_stream(0, r, ranks) for r in range(ranks)]
+    out = []
+    for i in range(0, len(streams[0]) - batch + 1, batch):
+        out.extend(s[i : i + batch].tolist() for s in streams)
+    return out
 
 
 if __name__ == "__main__":
