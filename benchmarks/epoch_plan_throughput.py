@@ -133,7 +133,7 @@ def shards_per_batch(batches: list[list[int]], shard_of) -> float:
 def main() -> None:
     from data_throughput import generate, start_quiet_ray
 
-    from resnet_platform.data.epoch_plan import DEFAULT_WINDOW_SHARDS, EpochPlan, co_batch_repeat
+    from resnet_platform.data.epoch_plan import EpochPlan, co_batch_repeat, shard_rows_of, window_shards_for
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=8000)
@@ -203,10 +203,10 @@ def main() -> None:
     shard_of_key = stream_key_shards(shards, manifest)
     stream_shards = shards_per_batch(keys["stream"][1], shard_of_key.__getitem__)
     print(f"source shards per batch: stream {stream_shards:.1f}, plan {plan_shards:.1f} "
-          f"(plan window {DEFAULT_WINDOW_SHARDS} shards; {len(offsets)} shards)")  # fmt: skip
+          f"(plan window {window_shards_for(shard_rows_of(manifest, 'train'), 0)} shards; {len(offsets)} shards)")  # fmt: skip
     # The plan's statistic by window size, from the plan itself (what the ranks train, batch by batch).
     rows = tuple(int(s.rows) for s in manifest.splits["train"].shards)
-    for window in (1, 2, 4, 8, 16):
+    for window in (1, 4, 8, 16, 28, 52):
         orders = [EpochPlan(rows, 0, e, window) for e in (0, 1)]
         per_step = [plan_batches(o, a.ranks, a.batch_size) for o in orders]
         repeat = co_batch_repeat(*[[k for b in batches for k in b] for batches in per_step], a.batch_size)

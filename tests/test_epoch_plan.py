@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnet_platform.data.epoch_plan import EpochPlan, co_batch_repeat, plan_seed, read_units
+from resnet_platform.data.epoch_plan import (
+    EpochPlan,
+    co_batch_repeat,
+    plan_seed,
+    read_units,
+    window_shards_for,
+)
 
 SHARDS = (50, 50, 50, 49, 51, 50, 50, 23)
 
@@ -44,6 +50,12 @@ def test_read_units_rebuild_the_stream_and_read_each_window_once_per_rank():
     offsets = np.concatenate([[0], np.cumsum(SHARDS)])
     for u in units:
         assert np.array_equal(offsets[u.shard_of] + u.row_of, u.sample_of)
+
+
+def test_the_default_window_holds_4096_samples():
+    assert window_shards_for((1250,) * 1024, 0) == 4  # ImageNet's 128 MB shards
+    assert window_shards_for((150,) * 52, 0) == 28
+    assert window_shards_for((150,) * 52, 3) == 3
 
 
 def test_the_seed_follows_the_run_name_without_seed():

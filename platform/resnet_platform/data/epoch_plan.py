@@ -6,8 +6,8 @@ the order a pure function of (seed, epoch, the split's shard table), computed th
 process, so a checkpoint needs only how many samples of the epoch were trained.
 
 The order, as MosaicML Streaming's block shuffles do it (``py1b``): the shards are permuted, cut
-into windows of ``window_shards`` consecutive shards, and the samples of each window are permuted
-together. Prepare shuffles the split once globally, so every shard is already a random mix of
+into windows of ``window_shards`` consecutive shards (by default enough for 4,096 samples), and the
+samples of each window are permuted together. Prepare shuffles the split once globally, so every shard is already a random mix of
 classes; the window permutation makes every epoch's order differ at the sample level too. A window
 is also the unit one read task reads: its shards once, keeping the rows one rank trains on.
 
@@ -27,6 +27,17 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_WINDOW_SHARDS = 4
+WINDOW_SAMPLES = 4096  # the default window: enough shards to hold this many samples
+
+
+def window_shards_for(shard_rows: tuple[int, ...], requested: int) -> int:
+    """``requested`` shards per window, or (0) enough for :data:`WINDOW_SAMPLES` samples: what decides
+    how close an epoch's order comes to a uniform permutation is the window's sample count (measured
+    in BENCHMARKS.md, "Epoch plan"), and a read task holds a window's rows for its rank."""
+    if requested > 0:
+        return requested
+    mean = max(1.0, sum(shard_rows) / max(1, len(shard_rows)))
+    return max(1, -(-WINDOW_SAMPLES // int(mean)))
 
 
 def plan_seed(seed: int | None, run_name: str) -> int:

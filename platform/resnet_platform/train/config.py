@@ -115,7 +115,10 @@ class TrainConfig:
         choices=EPOCH_ORDERS,
     )
     shuffle_window_shards: int = setting(
-        4, "shards whose samples each epoch plan permutes together", group="data", at_least=1
+        0,
+        "shards whose samples each epoch plan permutes together (0: enough for 4,096 samples)",
+        group="data",
+        at_least=0,
     )
     data_node_label: str | None = setting(
         None,

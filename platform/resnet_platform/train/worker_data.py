@@ -125,9 +125,10 @@ class PlanSource:
         )
 
     def plan(self, config: TrainConfig, epoch: int):
-        from resnet_platform.data.epoch_plan import EpochPlan
+        from resnet_platform.data.epoch_plan import EpochPlan, window_shards_for
 
-        return EpochPlan(self.shard_rows, self.seed, epoch, config.shuffle_window_shards)
+        window = window_shards_for(self.shard_rows, config.shuffle_window_shards)
+        return EpochPlan(self.shard_rows, self.seed, epoch, window)
 
     def batches(
         self, config: TrainConfig, device: torch.device, *, epoch: int, start: int, rank: int, world: int
