@@ -242,7 +242,9 @@ class TrainConfig:
     )
     # checkpoints and recovery
     storage: str = setting("runs", "where runs and checkpoints go (path or s3://)", group="checkpoints")
-    name: str | None = setting(None, "run name (default: ARCH-TIMESTAMP)", group="checkpoints")
+    name: str | None = setting(
+        None, "run name (default: ARCH-TIMESTAMP-XXXX, a new run)", group="checkpoints"
+    )
     resume: str = setting(
         "auto",
         "auto: continue the run --name at --storage if it exists (same settings), else start it; "

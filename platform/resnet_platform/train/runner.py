@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -150,7 +151,9 @@ def build_trainer(
 
 def prepare_config(config: TrainConfig, manifest: Manifest) -> TrainConfig:
     """Fill in what the driver knows: class count, a run name, absolute storage."""
-    name = config.name or f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # A generated name is a new run: the random tail keeps two jobs started in the same second
+    # apart (with --resume auto, the second would otherwise continue the first).
+    name = config.name or f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     train = manifest.splits.get("train")
     return replace(
         config,
@@ -163,16 +166,14 @@ def prepare_config(config: TrainConfig, manifest: Manifest) -> TrainConfig:
 
 def check_run_name(config: TrainConfig) -> TrainConfig:
     """The run name against ``--resume`` (train/resume.py): the config to run, its ``resume`` now
-    ``must`` (a run continued: the same settings, checked here) or ``never`` (a new run, whose
-    settings are stored for the next resume to compare with)."""
+    ``must`` (a run continued: the same settings, checked here) or ``never`` (a new run). Nothing
+    is written here: :func:`remember_settings` stores them once the run's other checks passed."""
     from . import resume
 
     continued = check_name_and_resume(config.storage, config.name, config.resume, RunExistsError, kind="run")
     stored = resume.stored_settings(config.run_uri) if continued else None
     if stored is not None:
         resume.check_same_settings(config.run_uri, config.to_dict())
-    else:
-        resume.store_settings(config.run_uri, config.to_dict())
     if continued:
         log.info(
             "continuing run %s (--resume %s) from its latest stored checkpoint, if any",
@@ -180,6 +181,14 @@ def check_run_name(config: TrainConfig) -> TrainConfig:
             config.resume,
         )
     return replace(config, resume="must" if continued else "never")
+
+
+def remember_settings(config: TrainConfig) -> None:
+    """Store the run's settings for the next resume to compare with, unless stored already."""
+    from . import resume
+
+    if resume.stored_settings(config.run_uri) is None:
+        resume.store_settings(config.run_uri, config.to_dict())
 
 
 def check_name_and_resume(
@@ -235,6 +244,7 @@ def run_training(
             config = replace(config, mlflow_run_id=tracker.open(describe_run(config)))
             if origin is not None:
                 tracker.record_origin(origin)
+        remember_settings(config)  # after every refusal (MLflow down too): a refused run writes nothing
         trainer = build_trainer(
             config,
             datasets if datasets is not None else build_datasets(config, prepared),
