@@ -8,7 +8,7 @@ import pytest
 from resnet_platform.train import resume
 from resnet_platform.train.cli import config_from_args, parse_config
 from resnet_platform.train.config import TrainConfig
-from resnet_platform.train.runner import RunExistsError, check_run_name
+from resnet_platform.train.runner import RunExistsError, check_run_name, remember_settings
 
 
 def parsed(*flags: str) -> TrainConfig:
@@ -46,7 +46,8 @@ def config(tmp_path, **overrides) -> TrainConfig:
 
 def test_a_resume_with_other_settings_is_refused_naming_them(tmp_path):
     first = check_run_name(config(tmp_path, lr=0.1))
-    assert first.resume == "never"  # a new run: its settings are stored
+    assert first.resume == "never"  # a new run: its settings are stored once its checks passed
+    remember_settings(first)
     # What may change on a resume does not count: more epochs, other workers, timeouts, tracking.
     again = check_run_name(
         config(tmp_path, lr=0.1, epochs=120, num_workers=4, data_wait_s=5, tracking_uri="http://x:1")
@@ -61,7 +62,9 @@ def test_a_resume_with_other_settings_is_refused_naming_them(tmp_path):
 
 
 def test_stored_settings_hold_no_credentials(tmp_path):
-    check_run_name(config(tmp_path, tracking_uri="https://user:s3cret@mlflow.example:5000"))
+    remember_settings(
+        check_run_name(config(tmp_path, tracking_uri="https://user:s3cret@mlflow.example:5000"))
+    )
     assert "s3cret" not in (tmp_path / "r" / resume.SETTINGS_FILE).read_text()
 
 
