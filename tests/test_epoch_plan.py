@@ -98,3 +98,17 @@ def test_a_rank_reads_its_stream_in_order_with_each_samples_own_augmentation(dig
     assert len(common) > 100
     for s in common:  # the same crop and flip wherever and whenever the sample is trained
         assert np.array_equal(first[s][0], resumed[s][0]) and first[s][1] == resumed[s][1]
+
+
+def test_the_driver_hands_the_workers_an_absolute_data_path(tmp_path, monkeypatch):
+    """Workers open the data for their plan in Ray's working directory: a relative --data (as the
+    README's commands pass it) must reach them absolute."""
+    from resnet_platform.data.manifest import Manifest, SplitManifest
+    from resnet_platform.train.config import TrainConfig
+    from resnet_platform.train.runner import prepare_config
+
+    monkeypatch.chdir(tmp_path)
+    manifest = Manifest(["n0"], ["zero"], {"train": SplitManifest(num_rows=1)})
+    config = prepare_config(TrainConfig(data="demo-output/digits-shards", storage="runs"), manifest)
+    assert config.data == str(tmp_path / "demo-output" / "digits-shards")
+    assert prepare_config(TrainConfig(data="s3://b/imagenet"), manifest).data == "s3://b/imagenet"

@@ -150,7 +150,8 @@ def build_trainer(
 
 
 def prepare_config(config: TrainConfig, manifest: Manifest) -> TrainConfig:
-    """Fill in what the driver knows: class count, a run name, absolute storage."""
+    """Fill in what the driver knows: class count, a run name, absolute storage and data (each
+    worker opens the data itself for its epoch plan, in Ray's working directory, not the job's)."""
     # A generated name is a new run: the random tail keeps two jobs started in the same second
     # apart (with --resume auto, the second would otherwise continue the first).
     name = config.name or f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
@@ -161,6 +162,7 @@ def prepare_config(config: TrainConfig, manifest: Manifest) -> TrainConfig:
         train_images=train.num_rows if train is not None else None,
         name=name,
         storage=config.storage_uri(),
+        data=storage.absolute(config.data) if config.data else config.data,
     )
 
 
