@@ -237,6 +237,7 @@ def run_training(
     storage.check_writable(config.storage_uri())
     config = prepare_config(config, manifest)
     config = check_run_name(config)  # resume: auto -> must or never
+    requested = config  # the settings a resubmit compares with: --init-from as given, not pinned
     config, origin = init_from.prepare(config)  # --init-from checked and pinned before any worker starts
     ensure_ray()
     try:
@@ -246,7 +247,7 @@ def run_training(
             config = replace(config, mlflow_run_id=tracker.open(describe_run(config)))
             if origin is not None:
                 tracker.record_origin(origin)
-        remember_settings(config)  # after every refusal (MLflow down too): a refused run writes nothing
+        remember_settings(requested)  # after every refusal (MLflow down too): a refused run writes nothing
         trainer = build_trainer(
             config,
             datasets if datasets is not None else build_datasets(config, prepared),
