@@ -47,6 +47,15 @@ def image_pixels(data: bytes) -> int | None:
             Image.MAX_IMAGE_PIXELS = saved
 
 
+def pixel_limit_to_check(manifest, max_image_pixels: int | None) -> int | None:
+    """The run's pixel limit where a read must still check it: None when there is none, or when the
+    manifest says prepare already enforced one at least as strict (no image header parsed per row)."""
+    guaranteed = manifest.encoding.get("max_image_pixels")
+    if max_image_pixels is None or (guaranteed is not None and guaranteed <= max_image_pixels):
+        return None
+    return max_image_pixels
+
+
 def check_labels(table: pa.Table, num_classes: int, uri: str) -> None:
     """Every label of ``table`` inside the manifest's class count, or the shard is refused by name."""
     if len(table) == 0:
@@ -152,13 +161,11 @@ def verified_shard_source(
     entries = manifest.splits[split].shards
     paths = manifest.shard_uris(root, split)  # paths on ``fs``: the URI resolved once, not per shard
     shards = {posixpath.basename(s.path): (join(uri, s.path), s.sha256, s.bytes) for s in entries}
-    guaranteed = manifest.encoding.get("max_image_pixels")
-    check_pixels = max_image_pixels is not None and (guaranteed is None or guaranteed > max_image_pixels)
     return VerifiedShardDatasource(
         paths,
         shards=shards,
         num_classes=manifest.num_classes,
-        max_image_pixels=max_image_pixels if check_pixels else None,
+        max_image_pixels=pixel_limit_to_check(manifest, max_image_pixels),
         skips_name=skips_name,
         columns=columns,
         filesystem=fs,

@@ -187,6 +187,4 @@ def describe(info) -> str:
 
 
 def _now() -> float:
-    import time
-
     return time.time()

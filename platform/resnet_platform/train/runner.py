@@ -173,10 +173,8 @@ def check_run_name(config: TrainConfig) -> TrainConfig:
     from . import resume
 
     continued = check_name_and_resume(config.storage, config.name, config.resume, RunExistsError, kind="run")
-    stored = resume.stored_settings(config.run_uri) if continued else None
-    if stored is not None:
-        resume.check_same_settings(config.run_uri, config.to_dict())
     if continued:
+        resume.check_same_settings(config.run_uri, config.to_dict())  # a run without stored ones passes
         log.info(
             "continuing run %s (--resume %s) from its latest stored checkpoint, if any",
             config.run_uri,

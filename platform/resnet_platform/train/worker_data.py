@@ -100,6 +100,7 @@ class PlanSource:
     fs: object
     num_classes: int
     seed: int
+    pixel_limit: int | None  # checked per image only where prepare did not enforce it already
 
     @classmethod
     def open(cls, config: TrainConfig) -> PlanSource:
@@ -107,6 +108,7 @@ class PlanSource:
         from resnet_platform.data.epoch_plan import plan_seed, shard_rows_of
         from resnet_platform.data.manifest import PreparedData
         from resnet_platform.data.plan_reader import ShardEntry
+        from resnet_platform.data.shard_reader import pixel_limit_to_check
 
         # A worker process opens the data itself: the driver's handle (a filesystem, the manifest)
         # is not part of the picklable config the workers receive.
@@ -122,6 +124,7 @@ class PlanSource:
             data.fs,
             data.manifest.num_classes,
             plan_seed(config.seed, config.name or ""),
+            pixel_limit_to_check(data.manifest, config.max_image_pixels),
         )
 
     def plan(self, config: TrainConfig, epoch: int):
@@ -149,7 +152,7 @@ class PlanSource:
             num_classes=self.num_classes,
             transform=transform_config_of(config, train=True),
             skips_name=ledger_name(config.run_uri, "train"),
-            max_image_pixels=config.max_image_pixels,
+            max_image_pixels=self.pixel_limit,
             task_args=config.placement.task_args(),
         )
         options = ds.context.execution_options

@@ -326,9 +326,10 @@ class WorkerRun:
             self.schedule.observe_step_error(sums.warm_error())
         if self.techniques is not None:
             self.techniques.after_step(state.step, state.epoch)
-        if state.step % config.log_every_steps == 0:
-            self.guard.check_all(device)  # every rank, the same steps: all raise, or none
-        if self.logger is not None and state.step % config.log_every_steps == 0:
+        if state.step % config.log_every_steps != 0:
+            return loss
+        self.guard.check_all(device)  # every rank, the same steps: all raise, or none
+        if self.logger is not None:
             self.logger.log_step(
                 {
                     "train_loss": float(loss.detach()),
